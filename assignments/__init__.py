@@ -1,0 +1,1 @@
+"""Assignment recipes (S7, S8, S9), the run pipeline and the command ``python -m assignments S7|S8|S9``."""

@@ -1,0 +1,7 @@
+"""The course's models: ResNet18 (S7), CustomResNet (S8), TransformerUltimus (S9)."""
+from .model7 import ResNet18
+from .model8 import CustomResNet
+from .model9 import TransformerUltimus
+from .transformer_ultimus import UltimusBlock
+
+__all__ = ["ResNet18", "CustomResNet", "TransformerUltimus", "UltimusBlock"]

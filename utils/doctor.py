@@ -1,0 +1,134 @@
+"""The training doctor: watches each step for the failures that kept the seed's S9 at 10% for 24 epochs.
+
+It only looks at what the loop already has (the loss value, the batch's logits and predictions,
+and every ``grad_every`` steps the gradients), so it costs no extra forward pass. Each kind of
+finding is reported once, with likely causes and the next thing to try.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+class TrainingStopped(RuntimeError):
+    """Raised to stop a run: non-finite loss/gradients, or any finding under ``strict``."""
+
+
+@dataclass
+class Finding:
+    step: int
+    kind: str  # collapse | non_finite | divergence | vanishing | schedule
+    message: str
+
+
+ADVICE = {
+    "collapse": ("the network gives (almost) the same output for every image. Likely causes: a max LR far above "
+                 "the range test's suggestion (e.g. taken at the loss minimum), weight decay with Adam (use AdamW "
+                 "or weight_decay=0), or a layer that mixes images across the batch. Next: --lr auto (the steepest-"
+                 "descent suggestion), then check the model with the per-sample test (tests/test_models.py)."),
+    "non_finite": ("the loss or a gradient became NaN/inf; the run stopped and the last checkpoint is kept. "
+                   "Likely causes: LR too high, log of zero, bad input values. Next: lower --lr, check the data."),
+    "divergence": ("the loss rose far above where it started. Likely cause: LR too high. "
+                   "Next: lower the max LR to the range test's suggestion."),
+    "vanishing": ("the signal is dying: {what}. Likely causes: stacked blocks without a residual path at a bad LR, "
+                  "a frozen or disconnected layer. Next: lower --lr, try the residual variant."),
+    "schedule": ("{what}. The steepest descent of the range test is the usual max LR; the loss minimum is already "
+                 "past the point where training becomes unstable. Next: --lr auto or the suggested value."),
+}
+
+
+class Doctor:
+    """Per-step health checks; ``findings`` collects what it saw, ``strict`` stops at the first one.
+
+    ``window`` steps of history are compared after ``grace`` steps (a fresh network may briefly
+    predict one class). ``band`` is how close to ln(num_classes) a stuck loss must stay.
+    """
+
+    def __init__(self, num_classes: int = 10, window: int = 30, grace: int = 20, band: float = 0.02,
+                 grad_every: int = 10, strict: bool = False, log=print):
+        self.num_classes, self.window, self.grace, self.band = num_classes, window, grace, band
+        self.grad_every, self.strict, self.log = grad_every, strict, log
+        self.chance_loss = math.log(num_classes)
+        self.losses: deque[float] = deque(maxlen=window)
+        self.correct: deque[float] = deque(maxlen=window)
+        self.top_share: deque[float] = deque(maxlen=window)  # share of the batch given its most common prediction
+        self.spread: deque[float] = deque(maxlen=window)  # logits' std across the batch, averaged over classes
+        self.first_loss: float | None = None
+        self.findings: list[Finding] = []
+
+    # --- hooks called by the training loop -------------------------------------------------------
+    def check_schedule(self, max_lr: float, suggested_lr: float | None, min_loss_lr: float | None = None) -> None:
+        """Before training: is the one-cycle max LR far above the range test's suggestion?"""
+        if not suggested_lr:
+            return
+        if min_loss_lr and max_lr >= 0.8 * min_loss_lr and min_loss_lr > 3 * suggested_lr:
+            self._report(0, "schedule", f"max LR {max_lr:.3g} sits at the range test's loss minimum "
+                                        f"({min_loss_lr:.3g}), {max_lr / suggested_lr:.0f}x its suggestion {suggested_lr:.3g}")
+        elif max_lr > 10 * suggested_lr:
+            self._report(0, "schedule", f"max LR {max_lr:.3g} is {max_lr / suggested_lr:.0f}x the range test's "
+                                        f"suggestion {suggested_lr:.3g}")
+
+    def check_gradients(self, step: int, model: nn.Module) -> None:
+        """After backward, before the optimizer step: stop on non-finite grads; flag dead layers."""
+        grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+        if not grads or (step % self.grad_every and step > 1):
+            return
+        norms = torch.stack(torch._foreach_norm([g for _, g in grads])).float().cpu()  # (num_params,)
+        if not torch.isfinite(norms).all():
+            bad = [n for (n, _), v in zip(grads, norms) if not torch.isfinite(v)]
+            self._report(step, "non_finite", f"non-finite gradient in {bad[:3]}", fatal=True)
+        if step > self.grace:
+            dead = [n for (n, _), v in zip(grads, norms) if v < 1e-12]
+            if dead:
+                self._report(step, "vanishing", f"zero gradient in {len(dead)} parameter tensor(s), e.g. {dead[0]}")
+
+    def after_step(self, step: int, loss: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """After each step: the batch loss (a float), logits (B, C) and targets (B,)."""
+        if not math.isfinite(loss):
+            self._report(step, "non_finite", f"loss is {loss}", fatal=True)
+        preds = logits.detach().argmax(1)  # (B,)
+        self.losses.append(loss)
+        self.correct.append((preds == targets).float().mean().item())
+        self.top_share.append(torch.bincount(preds, minlength=self.num_classes).max().item() / len(preds))
+        self.spread.append(logits.detach().float().std(0).mean().item() if len(preds) > 1 else 1.0)
+        if self.first_loss is None:
+            self.first_loss = loss
+        if step < self.grace + self.window or len(self.losses) < self.window:
+            return
+        self._check_window(step)
+
+    # --- the checks ------------------------------------------------------------------------------
+    def _check_window(self, step: int) -> None:
+        mean_loss = sum(self.losses) / len(self.losses)
+        acc = sum(self.correct) / len(self.correct)
+        top = sum(self.top_share) / len(self.top_share)
+        stuck_at_chance = max(abs(v - self.chance_loss) for v in self.losses) < self.band
+        chance_acc = abs(acc - 1 / self.num_classes) < 0.05
+        if (stuck_at_chance and chance_acc) or top > 0.95:
+            what = (f"loss has stayed within {self.band} of ln({self.num_classes}) = {self.chance_loss:.4f} "
+                    f"for {self.window} steps" if stuck_at_chance else
+                    f"{top:.0%} of predictions went to one class over {self.window} steps")
+            self._report(step, "collapse", f"collapsed: the {what}, accuracy {acc:.1%}")
+        if max(self.spread) < 1e-4:
+            self._report(step, "vanishing", f"the logits' spread across images is below 1e-4 for {self.window} steps")
+        if self.first_loss is not None and mean_loss > max(3 * self.first_loss, self.first_loss + 2):
+            self._report(step, "divergence", f"loss {mean_loss:.3g} is far above its start {self.first_loss:.3g}")
+
+    def _report(self, step: int, kind: str, what: str, fatal: bool = False) -> None:
+        if any(f.kind == kind for f in self.findings) and not fatal:
+            return
+        advice = ADVICE[kind]
+        text = advice.format(what=what) if "{what}" in advice else f"{what}; {advice}"
+        finding = Finding(step, kind, text)
+        self.findings.append(finding)
+        self.log(f"DOCTOR step {step}: {kind}: {text}")
+        if fatal or self.strict:
+            raise TrainingStopped(f"stopped at step {step}: {kind}: {what}")
+
+    def report(self) -> list[dict]:
+        """The findings as plain dicts, for metrics.json's ``health`` entry."""
+        return [asdict(f) for f in self.findings]

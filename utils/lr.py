@@ -1,0 +1,73 @@
+"""LR range test (torch-lr-finder) and the assignments' one-cycle schedule.
+
+The range test runs on a copy of the model and a fresh optimizer, so the model to be trained is
+untouched. It suggests the LR at the steepest descent of the smoothed loss; the LR at the loss
+minimum is recorded too, because taking it (0.83 for the seed's S9, with Adam and weight decay
+1e-2) collapsed the network to constant outputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class LRSearch:
+    """What the range test found: the suggested max LR, the LR at the lowest loss, and the curve."""
+
+    suggested_lr: float
+    min_loss_lr: float
+    lrs: list[float] = field(repr=False)
+    losses: list[float] = field(repr=False)
+    figure: object = field(default=None, repr=False)
+
+
+def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 1e-7, end_lr: float = 10.0,
+            num_iter: int = 100) -> LRSearch:
+    """Run torch-lr-finder on the *training* ``loader`` with a deep copy of ``model``.
+
+    ``make_optimizer(params, lr)`` builds the optimizer the run will use (e.g. Adam with its weight
+    decay) so the test measures the same update rule. Returns an :class:`LRSearch` with its figure.
+    """
+    with warnings.catch_warnings():  # tqdm.autonotebook's "experimental" warning on import inside Jupyter
+        warnings.simplefilter("ignore")
+        from torch_lr_finder import LRFinder
+    from .plots import lr_figure
+    from .progress import bars_enabled
+
+    probe = copy.deepcopy(model).to(device)
+    finder = LRFinder(probe, make_optimizer(probe.parameters(), start_lr), criterion, device=device)
+    quiet_bar = contextlib.nullcontext() if bars_enabled() else contextlib.redirect_stderr(io.StringIO())
+    with contextlib.redirect_stdout(io.StringIO()), quiet_bar:  # it prints "Learning rate search finished"
+        finder.range_test(loader, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)  # and always draws a bar
+    lrs, losses = finder.history["lr"], finder.history["loss"]
+    finder.reset()
+    skip_start, skip_end = 10, 5  # torch-lr-finder's plot() defaults, used for its suggestion too
+    lr_tail, loss_tail = lrs[skip_start:-skip_end], losses[skip_start:-skip_end]
+    if len(loss_tail) < 2:
+        raise ValueError(f"the range test stopped after {len(lrs)} steps (diverged early); need >= 17: raise num_iter or lower start_lr")
+    suggested = float(lr_tail[int(np.gradient(np.array(loss_tail)).argmin())])  # same rule as finder.plot()
+    min_loss = float(lrs[int(np.argmin(losses))])
+    search = LRSearch(suggested, min_loss, list(map(float, lrs)), list(map(float, losses)))
+    search.figure = lr_figure(search)
+    del probe, finder
+    return search
+
+
+def one_cycle(optimizer, max_lr: float, epochs: int, steps_per_epoch: int, peak_epoch: int = 5,
+              div_factor: float = 25.0) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The assignments' one-cycle: linear warm-up from max_lr/div_factor to ``max_lr`` at ``peak_epoch``,
+    then linear anneal; two phases ("no annihilation", ``three_phase=False``). Step it every batch.
+
+    With fewer epochs than ``peak_epoch`` the peak moves to the middle of the run.
+    """
+    pct_start = min(peak_epoch / epochs, 0.5)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                               pct_start=pct_start, anneal_strategy="linear", div_factor=div_factor,
+                                               three_phase=False)

@@ -1,0 +1,156 @@
+"""Figures for the assignment page: augmented samples, LR curve, loss/accuracy, class accuracy,
+confusion matrix, misclassified gallery.
+
+Every function returns a ``matplotlib.figure.Figure`` built without pyplot, so nothing stays
+open in pyplot's registry (no memory growth over many figures, no ``plt.show()``); a notebook
+displays the returned figure inline, :func:`save` writes it as a PNG.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .data import CLASSES
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def denormalize(x: torch.Tensor, mean, std) -> np.ndarray:
+    """Normalised (N, 3, H, W) tensor -> (N, H, W, 3) float RGB in [0, 1] for imshow / grad-cam overlays."""
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x.detach().float().cpu() * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def _grid(n: int, cols: int, scale: float = 1.6) -> tuple[Figure, np.ndarray]:
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(cols * scale, rows * scale * 1.15), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    return fig, axes
+
+
+def image_grid(images: np.ndarray, titles: list[str], cols: int = 8, title: str | None = None) -> Figure:
+    """Images (N, H, W, 3) in [0, 1] with one short title each."""
+    fig, axes = _grid(len(images), min(cols, len(images)) or 1)
+    for ax, img, t in zip(axes, images, titles):
+        ax.imshow(img)
+        ax.set_title(t, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def augmented_samples(loader, mean, std, n: int = 16, classes=CLASSES) -> Figure:
+    """The first ``n`` training images of ``loader`` after augmentation, de-normalised, class over each."""
+    x, y = next(iter(loader))
+    n = min(n, len(y))
+    return image_grid(denormalize(x[:n], mean, std), [classes[int(c)] for c in y[:n]], title="Training images after augmentation")
+
+
+def lr_figure(search) -> Figure:
+    """Range-test loss against LR (log axis) with the suggested LR and the loss-minimum LR marked."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    lrs, losses = search.lrs[10:-5] or search.lrs, search.losses[10:-5] or search.losses
+    ax.plot(lrs, losses)
+    ax.set_xscale("log")
+    ax.axvline(search.suggested_lr, color="tab:red", ls="--", label=f"suggested (steepest) {search.suggested_lr:.2e}")
+    ax.axvline(search.min_loss_lr, color="grey", ls=":", label=f"loss minimum {search.min_loss_lr:.2e} (too high)")
+    ax.set(xlabel="learning rate", ylabel="smoothed training loss", title="LR range test")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def curves(history: list[dict]) -> Figure:
+    """Loss and accuracy by epoch, train and test on the same axes per metric."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ep = [h["epoch"] for h in history]
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy (%)")):
+        ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(ep, [h[f"test_{key}"] for h in history], "s-", label="test")
+        ax.set(xlabel="epoch", ylabel=label, title=f"{label.split()[0].capitalize()} by epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def class_accuracy(preds: torch.Tensor, targets: torch.Tensor, classes=CLASSES) -> list[dict]:
+    """Per-class correct/total/accuracy (%) over every test item."""
+    rows = []
+    for c, name in enumerate(classes):
+        mask = targets == c
+        total, correct = int(mask.sum()), int((preds[mask] == c).sum())
+        rows.append({"class": name, "correct": correct, "total": total, "acc": 100 * correct / total if total else float("nan")})
+    return rows
+
+
+def class_accuracy_table(rows: list[dict]) -> str:
+    """The class table as aligned text (for the log and report)."""
+    lines = [f"{'class':<12}{'correct':>8}{'total':>8}{'acc %':>8}"]
+    lines += [f"{r['class']:<12}{r['correct']:>8}{r['total']:>8}{r['acc']:>8.2f}" for r in rows]
+    return "\n".join(lines)
+
+
+def class_accuracy_figure(rows: list[dict]) -> Figure:
+    """Bar chart of the ten per-class accuracies."""
+    fig = Figure(figsize=(8, 3.5), layout="constrained")
+    ax = fig.subplots()
+    bars = ax.bar([r["class"] for r in rows], [r["acc"] for r in rows], color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set(ylim=(0, 105), ylabel="test accuracy (%)", title="Accuracy per class")
+    ax.tick_params(axis="x", rotation=30)
+    return fig
+
+
+def confusion(preds: torch.Tensor, targets: torch.Tensor, num_classes: int = 10) -> np.ndarray:
+    """(C, C) counts: rows are the actual class, columns the predicted one."""
+    return np.bincount(targets.numpy() * num_classes + preds.numpy(), minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def confusion_figure(cm: np.ndarray, classes=CLASSES) -> Figure:
+    """Counts in each cell, coloured by the row-normalised share (each actual class sums to 1)."""
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i, j in np.ndindex(cm.shape):
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix (colour: share of the actual class)")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def misclassified(logits: torch.Tensor, targets: torch.Tensor, n: int = 10) -> list[int]:
+    """Indices of up to ``n`` mistakes, most confident first (ties by index: deterministic)."""
+    probs = torch.softmax(logits.float(), 1)  # also right for log-probabilities: softmax(log p) = p
+    conf, preds = probs.max(1)
+    wrong = torch.nonzero(preds != targets).flatten()
+    order = sorted(wrong.tolist(), key=lambda i: (-float(conf[i]), i))
+    return order[:n]
+
+
+def misclassified_figure(images: np.ndarray, logits: torch.Tensor, targets: torch.Tensor, indices: list[int],
+                         classes=CLASSES, cols: int = 5) -> Figure:
+    """Gallery of test items ``indices``; ``images`` (k, H, W, 3) are those items, in the same order."""
+    probs = torch.softmax(logits.float(), 1)
+    titles = [f"{classes[int(targets[i])]} / {classes[int(probs[i].argmax())]}\np={float(probs[i].max()):.2f}" for i in indices]
+    if not indices:
+        fig = Figure(figsize=(4, 1))
+        fig.text(0.5, 0.5, "no misclassified images", ha="center")
+        return fig
+    return image_grid(images, titles, cols=cols, title="Misclassified: actual / predicted")

@@ -1,0 +1,35 @@
+"""Progress bars that stay readable: live in a terminal or notebook, silent when piped to a file.
+
+Piped output (a log file, CI) gets no bar at all (``\r`` redraws would pile up there); the
+per-epoch lines of the training log carry the same numbers.
+"""
+import sys
+
+from tqdm import tqdm as text_tqdm
+
+
+def _in_notebook() -> bool:
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def bars_enabled() -> bool:
+    """True in a notebook or a terminal; False when output goes to a pipe or file."""
+    return _in_notebook() or sys.stderr.isatty()
+
+
+def progress(iterable, **kwargs):
+    """A tqdm bar over ``iterable``: widget in Jupyter (if ipywidgets is there), text in a terminal, none in a pipe."""
+    if _in_notebook():
+        try:
+            import ipywidgets  # noqa: F401  (tqdm.notebook needs it; without it tqdm warns and draws text)
+            from tqdm.notebook import tqdm as notebook_tqdm
+            return notebook_tqdm(iterable, **kwargs)
+        except ImportError:
+            return text_tqdm(iterable, file=sys.stdout, **kwargs)
+    return text_tqdm(iterable, disable=not bars_enabled(), **kwargs)
+
+
+def say(message: str) -> None:
+    """Print a line without breaking a live bar."""
+    text_tqdm.write(message)

@@ -1,0 +1,113 @@
+"""Train and test loops, and ``fit``: epochs with logging, a checkpoint per epoch and resume.
+
+History entries are plain floats (the reference kept loss tensors, and with them every graph).
+The test loss is the true mean over the test set (the reference printed the last batch's, divided by N).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import atomic_save, load_checkpoint, unwrap
+from .doctor import Doctor, Finding
+from .progress import progress
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, scheduler=None,
+                    doctor: Doctor | None = None, step0: int = 0, desc: str = "train") -> dict:
+    """One pass over ``loader``; the one-cycle ``scheduler`` steps every batch. Returns loss, acc, lr, steps."""
+    model.train()
+    total_loss, correct, seen, step = 0.0, 0, 0, step0
+    bar = progress(loader, desc=desc, leave=False)
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        step += 1
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)  # (B, C)
+        loss = criterion(logits, y)
+        loss.backward()
+        if doctor:
+            doctor.check_gradients(step, model)
+        optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        loss_value = loss.item()
+        total_loss += loss_value * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        if doctor:
+            doctor.after_step(step, loss_value, logits, y)
+        bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{100 * correct / seen:.2f}", lr=f"{lr:.2e}", refresh=False)
+    return {"loss": total_loss / max(seen, 1), "acc": 100 * correct / max(seen, 1), "lr": lr, "steps": step}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) and targets (N,) on the CPU for a whole loader, in eval mode."""
+    model.eval()
+    outputs, targets = [], []
+    for x, y in loader:
+        outputs.append(model(x.to(device, non_blocking=True)).float().cpu())
+        targets.append(y)
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def evaluate(model: nn.Module, loader, device) -> dict:
+    """Mean cross-entropy over the whole test set, correct count, total and accuracy in %."""
+    logits, y = predict(model, loader, device)
+    loss = F.cross_entropy(logits, y, reduction="sum").item() / len(y)
+    correct = int((logits.argmax(1) == y).sum())
+    return {"loss": loss, "correct": correct, "total": len(y), "acc": 100 * correct / len(y)}
+
+
+def test_line(metrics: dict) -> str:
+    """The reference's log line, with the true mean loss."""
+    return (f"Test set: Average loss: {metrics['loss']:.4f}, Accuracy: {metrics['correct']}/{metrics['total']} "
+            f"({metrics['acc']:.2f}%)")
+
+
+def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: int, scheduler=None,
+        checkpoint: str | Path | None = None, resume: bool = False, doctor: Doctor | None = None,
+        log=print, extra: dict | None = None) -> list[dict]:
+    """Train ``epochs`` epochs, test after each, checkpoint atomically each epoch; returns the history.
+
+    With ``resume`` the model, optimizer, scheduler, history and doctor findings come back from
+    ``checkpoint`` and training continues to the same final epoch. ``extra`` (plain data) is saved alongside.
+    """
+    history, start = [], 0
+    if resume:
+        state = load_checkpoint(checkpoint, map_location=device)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        history, start = state["history"], state["epoch"]
+        if doctor:
+            doctor.findings = [Finding(**f) for f in state.get("health", [])]
+        log(f"resumed from {checkpoint} after epoch {start}")
+    step = history[-1]["step"] if history else 0
+    for epoch in range(start + 1, epochs + 1):
+        t0 = time.perf_counter()
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        log(f"EPOCH: {epoch}")
+        tr = train_one_epoch(model, train_loader, optimizer, criterion, device, scheduler, doctor, step,
+                             desc=f"epoch {epoch}/{epochs}")
+        step = tr["steps"]
+        te = evaluate(model, test_loader, device)
+        history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"],
+                        "test_acc": te["acc"], "lr": tr["lr"], "step": step,
+                        "seconds": round(time.perf_counter() - t0, 2)})
+        log(f"Train: Loss={tr['loss']:.4f} Accuracy={tr['acc']:.2f}% LR={tr['lr']:.3e}")
+        log(test_line(te))
+        if checkpoint:
+            atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                         "epoch": epoch, "history": history, "health": doctor.report() if doctor else [],
+                         "extra": extra or {}}, checkpoint)
+    return history

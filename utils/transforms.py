@@ -1,0 +1,114 @@
+"""Albumentations pipelines per assignment, and the Dataset/DataLoader that apply them.
+
+S7: "RandomCrop 32, padding 4 + CutOut 16x16"; S8 and S9: "RandomCrop 32 (padding 4) -> FlipLR ->
+CutOut 8x8". Padding and cutout fill with the dataset mean; test split: Normalize + ToTensorV2 only.
+Pipelines use ``strict=True`` so a misspelt (e.g. albumentations 1.x) argument raises.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else its import blocks on a version check online
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from .data import ImageSplit  # noqa: E402
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """What to do to a training image, shared by the albumentations and the fast GPU loader."""
+
+    pad: int = 4  # pixels of mean-coloured border before the 32x32 random crop
+    flip: bool = True  # horizontal flip with probability 0.5
+    cutout: int = 8  # side of the square hole in pixels, 0 = none
+    cutout_p: float = 0.5  # probability of one hole per image (the course's CoarseDropout p)
+
+
+AUGMENTS = {
+    "S7": AugmentSpec(pad=4, flip=False, cutout=16),
+    "S8": AugmentSpec(pad=4, flip=True, cutout=8),
+    "S9": AugmentSpec(pad=4, flip=True, cutout=8),
+}
+
+
+def mean_pixel(mean: tuple[float, ...]) -> tuple[int, ...]:
+    """The dataset mean in 0..255 pixel units, the fill albumentations applies before Normalize."""
+    return tuple(int(round(m * 255)) for m in mean)
+
+
+def train_transform(spec: AugmentSpec, mean, std) -> A.Compose:
+    """Pad -> random crop 32 [-> flip] [-> cutout] -> normalise -> CHW tensor."""
+    fill = mean_pixel(mean)
+    steps = [
+        A.PadIfNeeded(32 + 2 * spec.pad, 32 + 2 * spec.pad, border_mode=cv2.BORDER_CONSTANT, fill=fill),
+        A.RandomCrop(32, 32),
+    ]
+    if spec.flip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if spec.cutout:
+        side = (spec.cutout, spec.cutout)
+        steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=side, hole_width_range=side,
+                                     fill=fill, p=spec.cutout_p))
+    return A.Compose([*steps, A.Normalize(mean=mean, std=std), ToTensorV2()], strict=True)
+
+
+def test_transform(mean, std) -> A.Compose:
+    """Normalise -> CHW tensor, nothing random."""
+    return A.Compose([A.Normalize(mean=mean, std=std), ToTensorV2()], strict=True)
+
+
+class AugmentedSplit(Dataset):
+    """An :class:`ImageSplit` seen through an albumentations pipeline; yields (float CHW tensor, int label)."""
+
+    def __init__(self, split: ImageSplit, transform: A.Compose):
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        return self.transform(image=self.split.images[i])["image"], int(self.split.labels[i])
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch gives each worker initial_seed() = loader seed of this epoch + worker id: derive the rest from it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.utils.data.get_worker_info().dataset.transform.set_random_seed(seed)
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader whose shuffle order and augmentations are a function of (seed, epoch).
+
+    Call ``set_epoch(e)`` before each epoch: a resumed run then sees the same batches as a straight one.
+    """
+
+    def __init__(self, dataset: AugmentedSplit, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                 pin_memory: bool = False):
+        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                         pin_memory=pin_memory, generator=torch.Generator(), worker_init_fn=_seed_worker)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        epoch_seed = self.seed * 1_000_003 + epoch
+        self.generator.manual_seed(epoch_seed)
+        self.dataset.transform.set_random_seed(epoch_seed)  # used as is when num_workers == 0
+
+
+def make_loaders(train: ImageSplit, test: ImageSplit, spec: AugmentSpec, mean, std, batch_size: int,
+                 seed: int = 0, num_workers: int = 0, pin_memory: bool = False, eval_batch_size: int | None = None):
+    """(train_loader, test_loader): augmented and shuffled train, plain ordered test."""
+    train_ds = AugmentedSplit(train, train_transform(spec, mean, std))
+    test_ds = AugmentedSplit(test, test_transform(mean, std))
+    return (EpochLoader(train_ds, batch_size, True, seed, num_workers, pin_memory),
+            EpochLoader(test_ds, eval_batch_size or batch_size, False, seed, num_workers, pin_memory))
