@@ -74,7 +74,9 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Tru
     if (batches / "test_batch").is_file():
         return _from_batches(batches)
     if (d / "train").is_dir() and (d / "test").is_dir():
-        return CifarData(_from_folder(d / "train"), _from_folder(d / "test"), f"image folders in {d}")
+        jpeg = any((d / "train").glob("*/*.jp*g"))
+        return CifarData(_from_folder(d / "train"), _from_folder(d / "test"),
+                         f"CIFAR-10 ({'JPEG copy' if jpeg else 'image folders'}) in {d}")
     raise DataError(f"--data-dir {d}: unrecognised layout; expected {LAYOUTS}")
 
 
