@@ -213,6 +213,21 @@ class Run:
                              gradcam_maps(self.model, x, actual, layer), actual, pred, layer)
         return self._figure("gradcam", fig)
 
+    def verdict(self) -> str:
+        """The training doctor's findings in plain words (logged), or that the run looked healthy."""
+        findings = self.doctor.report() if hasattr(self, "doctor") else []
+        text = "\n".join(f"step {f['step']}: {f['kind']}: {f['message']}" for f in findings) or (
+            "Training doctor: no finding (no collapse, divergence, vanishing signal or non-finite value).")
+        self.log(text)
+        return text
+
+    def files(self) -> list[Path]:
+        """Write report.md and metrics.json; list everything in the out directory."""
+        self.report()
+        paths = sorted(self.out.iterdir())
+        print("\n".join(f"{p}  ({p.stat().st_size:,} bytes)" for p in paths))
+        return paths
+
     # --- results ---------------------------------------------------------------------------------
     def metrics(self) -> dict:
         h = self.history

@@ -52,10 +52,13 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
     lowest = int(np.argmin(losses))
     # finder.plot()'s rule (steepest descent of the smoothed loss), searched only up to the loss
     # minimum: past it a noisy dip on the way up can look steeper (seen on S9: 1.2e-2 vs minimum 8.5e-3).
+    # If the loss never fell (noise, a tiny subset), fall back to finder.plot()'s whole-curve rule.
     stop = min(lowest + 1, len(losses) - skip_end)
     if stop - skip_start < 2:
-        raise ValueError(f"the range test's loss bottomed out after {lowest + 1} of {len(lrs)} steps: "
-                         "lower start_lr or raise num_iter so the descent can be seen")
+        stop = len(losses) - skip_end
+    if stop - skip_start < 2:
+        raise ValueError(f"the range test stopped after {len(lrs)} steps (loss diverged); it needs at least "
+                         f"{skip_start + skip_end + 2}: lower start_lr or raise num_iter")
     descent = np.gradient(np.array(losses[skip_start:stop]))
     suggested = float(lrs[skip_start + int(descent.argmin())])
     min_loss = float(lrs[lowest])

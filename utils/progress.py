@@ -1,4 +1,4 @@
-"""Progress bars that stay readable: live in a terminal or notebook, silent when piped to a file.
+"""Progress bars that stay readable: live in a terminal or a notebook with widgets, silent elsewhere.
 
 Piped output (a log file, CI) gets no bar at all (``\r`` redraws would pile up there); the
 per-epoch lines of the training log carry the same numbers.
@@ -13,20 +13,25 @@ def _in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
+def _has_widgets() -> bool:
+    try:
+        import ipywidgets  # noqa: F401  (tqdm.notebook needs it; without it tqdm warns and draws text)
+        return True
+    except ImportError:
+        return False
+
+
 def bars_enabled() -> bool:
-    """True in a notebook or a terminal; False when output goes to a pipe or file."""
-    return _in_notebook() or sys.stderr.isatty()
+    """True in a terminal or a notebook with widgets (Colab); False in a pipe, a file, or a headless kernel,
+    where every redraw of a text bar would be stored as another line of output."""
+    return _has_widgets() if _in_notebook() else sys.stderr.isatty()
 
 
 def progress(iterable, **kwargs):
     """A tqdm bar over ``iterable``: widget in Jupyter (if ipywidgets is there), text in a terminal, none in a pipe."""
-    if _in_notebook():
-        try:
-            import ipywidgets  # noqa: F401  (tqdm.notebook needs it; without it tqdm warns and draws text)
-            from tqdm.notebook import tqdm as notebook_tqdm
-            return notebook_tqdm(iterable, **kwargs)
-        except ImportError:
-            return text_tqdm(iterable, file=sys.stdout, **kwargs)
+    if _in_notebook() and _has_widgets():
+        from tqdm.notebook import tqdm as notebook_tqdm
+        return notebook_tqdm(iterable, **kwargs)
     return text_tqdm(iterable, disable=not bars_enabled(), **kwargs)
 
 

@@ -65,7 +65,7 @@ def evaluate(model: nn.Module, loader, device) -> dict:
     return {"loss": loss, "correct": correct, "total": len(y), "acc": 100 * correct / len(y)}
 
 
-def test_line(metrics: dict) -> str:
+def format_test_line(metrics: dict) -> str:
     """The reference's log line, with the true mean loss."""
     return (f"Test set: Average loss: {metrics['loss']:.4f}, Accuracy: {metrics['correct']}/{metrics['total']} "
             f"({metrics['acc']:.2f}%)")
@@ -104,7 +104,7 @@ def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: 
                         "test_acc": te["acc"], "lr": tr["lr"], "step": step,
                         "seconds": round(time.perf_counter() - t0, 2)})
         log(f"Train: Loss={tr['loss']:.4f} Accuracy={tr['acc']:.2f}% LR={tr['lr']:.3e}")
-        log(test_line(te))
+        log(format_test_line(te))
         if checkpoint:
             atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict() if scheduler is not None else None,

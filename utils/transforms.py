@@ -60,7 +60,7 @@ def train_transform(spec: AugmentSpec, mean, std) -> A.Compose:
     return A.Compose([*steps, A.Normalize(mean=mean, std=std), ToTensorV2()], strict=True)
 
 
-def test_transform(mean, std) -> A.Compose:
+def eval_transform(mean, std) -> A.Compose:
     """Normalise -> CHW tensor, nothing random."""
     return A.Compose([A.Normalize(mean=mean, std=std), ToTensorV2()], strict=True)
 
@@ -109,6 +109,6 @@ def make_loaders(train: ImageSplit, test: ImageSplit, spec: AugmentSpec, mean, s
                  seed: int = 0, num_workers: int = 0, pin_memory: bool = False, eval_batch_size: int | None = None):
     """(train_loader, test_loader): augmented and shuffled train, plain ordered test."""
     train_ds = AugmentedSplit(train, train_transform(spec, mean, std))
-    test_ds = AugmentedSplit(test, test_transform(mean, std))
+    test_ds = AugmentedSplit(test, eval_transform(mean, std))
     return (EpochLoader(train_ds, batch_size, True, seed, num_workers, pin_memory),
             EpochLoader(test_ds, eval_batch_size or batch_size, False, seed, num_workers, pin_memory))

@@ -1,0 +1,154 @@
+"""Issue 5: the training doctor flags the seed's collapse, stays quiet on healthy runs, stops on NaN."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models import TransformerUltimus
+from reference_ultimus import seed_model
+from synthetic import PALETTE, colour_task
+from utils.checkpoint import load_checkpoint
+from utils.data import CifarData, channel_stats
+from utils.doctor import Doctor, TrainingStopped
+from utils.lr import one_cycle
+from utils.seed import set_seed
+from utils.train import fit
+from utils.transforms import AUGMENTS, make_loaders
+
+STEPS = 60  # steps per epoch: more than the doctor's grace (20) + window (30)
+
+
+def run(model, data, epochs, max_lr, weight_decay=0.0, doctor=None, checkpoint=None, batch=32):
+    mean, std = channel_stats(data.train.images)
+    tr, te = make_loaders(data.train, data.test, AUGMENTS["S9"], mean, std, batch, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=max_lr / 25, weight_decay=weight_decay)
+    sched = one_cycle(opt, max_lr, epochs, len(tr))
+    doctor = doctor or Doctor(log=lambda m: None)
+    history = fit(model, tr, te, opt, torch.nn.CrossEntropyLoss(), "cpu", epochs, sched, doctor=doctor,
+                  checkpoint=checkpoint, log=lambda m: None)
+    return history, doctor
+
+
+def test_the_seeds_recipe_is_flagged_as_collapsed_within_its_first_epoch():
+    set_seed(0)
+    data = colour_task(32 * STEPS, 200)
+    history, doctor = run(seed_model(), data, epochs=1, max_lr=0.83, weight_decay=1e-2)
+    kinds = {f.kind for f in doctor.findings}
+    assert "collapse" in kinds, doctor.findings
+    first = min(f.step for f in doctor.findings if f.kind == "collapse")
+    assert first <= STEPS
+    assert history[-1]["test_acc"] < 25  # it really did fail: the doctor is not crying wolf
+    msg = next(f.message for f in doctor.findings if f.kind == "collapse")
+    assert "AdamW" in msg and "per-sample test" in msg and "--lr auto" in msg
+
+
+def test_strict_stops_the_seeds_recipe_at_the_first_finding(tmp_path):
+    set_seed(0)
+    data = colour_task(32 * STEPS, 200)
+    with pytest.raises(TrainingStopped, match="collapse|vanishing"):
+        run(seed_model(), data, epochs=3, max_lr=0.83, weight_decay=1e-2, doctor=Doctor(strict=True, log=lambda m: None),
+            checkpoint=tmp_path / "ck.pt")
+    assert not (tmp_path / "ck.pt").exists()  # stopped inside epoch 1, long before spending 3 epochs
+
+
+def test_a_healthy_run_raises_no_finding():
+    set_seed(0)
+    data = colour_task(32 * STEPS, 300)
+    history, doctor = run(TransformerUltimus(), data, epochs=3, max_lr=1e-2)
+    assert doctor.findings == []
+    assert history[-1]["test_acc"] > 30
+
+
+def plateau_task(n_train, n_test):
+    """Classes 5..9 share one colour: the best loss is 0.5 * ln 5 = 0.80, well below ln 10 = 2.30."""
+    data = colour_task(n_train, n_test)
+    for split in (data.train, data.test):
+        same = split.labels >= 5
+        noise = split.images.astype(np.float64) - PALETTE[split.labels][:, None, None, :]
+        base = PALETTE[np.where(same, 9, split.labels)][:, None, None, :]
+        split.images[...] = (base + noise).clip(0, 255).astype(np.uint8)
+    return data
+
+
+def test_a_plateau_well_below_chance_raises_no_finding():
+    set_seed(0)
+    history, doctor = run(TransformerUltimus(residual=True), plateau_task(32 * STEPS, 300), epochs=3, max_lr=1e-2)
+    assert doctor.findings == []
+    assert history[-1]["train_loss"] < math.log(10) - 0.8  # it did plateau far below ln 10
+
+
+class NaNAfter(torch.nn.Module):
+    """Wraps a model; from forward call ``n`` on, its outputs are NaN."""
+
+    def __init__(self, model, n):
+        super().__init__()
+        self.model, self.n, self.calls = model, n, 0
+
+    def forward(self, x):
+        self.calls += 1 if self.training else 0
+        out = self.model(x)
+        return out * float("nan") if self.calls >= self.n else out
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    set_seed(0)
+    data = colour_task(32 * 10, 64)
+    model = NaNAfter(TransformerUltimus(), n=15)  # epoch 1 = steps 1..10, NaN at step 15 of epoch 2
+    doctor = Doctor(log=lambda m: None)
+    with pytest.raises(TrainingStopped, match="step 15: non_finite"):
+        run(model, data, epochs=3, max_lr=1e-2, doctor=doctor, checkpoint=tmp_path / "ck.pt")
+    state = load_checkpoint(tmp_path / "ck.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert doctor.findings[-1].kind == "non_finite" and doctor.findings[-1].step == 15
+
+
+def test_non_finite_gradient_is_caught_before_the_optimizer_step():
+    model = TransformerUltimus()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    model.fc.weight.grad[0, 0] = float("inf")
+    with pytest.raises(TrainingStopped, match="non-finite gradient in \\['fc.weight'\\]"):
+        Doctor(log=lambda m: None).check_gradients(1, model)
+
+
+def test_divergence_is_flagged():
+    doctor = Doctor(window=10, grace=0, log=lambda m: None)
+    y = torch.arange(10)
+    for step in range(1, 31):
+        loss = 2.3 if step < 5 else 2.3 * step  # rising far above its start
+        doctor.after_step(step, loss, torch.randn(10, 10), y)
+    assert [f.kind for f in doctor.findings] == ["divergence"]
+
+
+def test_a_dead_layer_is_flagged_as_vanishing():
+    model = TransformerUltimus()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model.fc.weight.grad.zero_()
+    doctor = Doctor(grace=0, log=lambda m: None)
+    doctor.check_gradients(10, model)
+    assert doctor.findings[0].kind == "vanishing" and "fc.weight" in doctor.findings[0].message
+
+
+@pytest.mark.parametrize("max_lr, min_loss_lr, expected", [
+    (0.83, 0.83, "schedule"),  # the seed: max LR taken at the loss minimum
+    (0.5, None, "schedule"),  # 50x the suggestion
+    (2e-3, 0.83, None),  # the suggestion itself
+])
+def test_schedule_check(max_lr, min_loss_lr, expected):
+    doctor = Doctor(log=lambda m: None)
+    doctor.check_schedule(max_lr, suggested_lr=1e-2 if min_loss_lr is None else 2e-3, min_loss_lr=min_loss_lr)
+    assert [f.kind for f in doctor.findings] == ([expected] if expected else [])
+
+
+def test_each_kind_is_reported_once_and_logged():
+    lines = []
+    doctor = Doctor(window=5, grace=0, log=lines.append)
+    y = torch.arange(8) % 10
+    for step in range(1, 40):
+        doctor.after_step(step, math.log(10), torch.zeros(8, 10), y)  # constant outputs at ln 10
+    kinds = [f.kind for f in doctor.findings]
+    assert kinds.count("collapse") == 1 and len(lines) == len(kinds)
+    assert lines[0].startswith("DOCTOR step 5: collapse: collapsed:")

@@ -1,0 +1,170 @@
+"""Issue 3, training: loops, true mean test loss, learnable task, resume = straight run, atomic checkpoints."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from assignments.recipes import recipe
+from models import TransformerUltimus
+from synthetic import colour_task
+from utils.checkpoint import atomic_save, load_checkpoint
+from utils.lr import one_cycle
+from utils.seed import set_seed
+from utils.train import evaluate, fit, format_test_line
+from utils.transforms import AUGMENTS, make_loaders
+from utils.data import channel_stats
+
+
+def loaders(data, batch=32, seed=0):
+    mean, std = channel_stats(data.train.images)
+    return make_loaders(data.train, data.test, AUGMENTS["S9"], mean, std, batch, seed=seed)
+
+
+def s9_setup(data, epochs, seed=0, max_lr=5e-3, batch=32):
+    set_seed(seed)
+    r = recipe("S9")
+    model = r.build_model()
+    train_loader, test_loader = loaders(data, batch, seed)
+    opt = r.make_optimizer(model.parameters(), max_lr / r.div_factor)
+    sched = one_cycle(opt, max_lr, epochs, len(train_loader), r.peak_epoch, r.div_factor)
+    return model, train_loader, test_loader, opt, sched, r.criterion()
+
+
+def test_s9_spec_model_learns_the_synthetic_task_in_seconds():
+    data = colour_task(1500, 400)
+    model, tr, te, opt, sched, crit = s9_setup(data, epochs=3, max_lr=1e-2)
+    history = fit(model, tr, te, opt, crit, "cpu", 3, sched, log=lambda m: None)
+    assert history[-1]["test_acc"] > 30  # chance is 10%: a collapsed or batch-mixing model stays near it
+    assert history[-1]["test_loss"] < math.log(10) - 0.5
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAtEpoch:
+    """Wraps a loader; raises when epoch ``stop`` begins (a killed run)."""
+
+    def __init__(self, loader, stop):
+        self.loader, self.stop = loader, stop
+
+    def set_epoch(self, epoch):
+        if epoch == self.stop:
+            raise Interrupted
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def test_resume_gives_the_same_metrics_and_weights_as_a_straight_run(tmp_path):
+    data = colour_task(320, 100)
+    quiet = lambda m: None  # noqa: E731
+    model, tr, te, opt, sched, crit = s9_setup(data, epochs=2)
+    straight = fit(model, tr, te, opt, crit, "cpu", 2, sched, checkpoint=tmp_path / "a.pt", log=quiet)
+
+    model, tr, te, opt, sched, crit = s9_setup(data, epochs=2)
+    with pytest.raises(Interrupted):
+        fit(model, StopAtEpoch(tr, 2), te, opt, crit, "cpu", 2, sched, checkpoint=tmp_path / "b.pt", log=quiet)
+    assert load_checkpoint(tmp_path / "b.pt")["epoch"] == 1
+    model, tr, te, opt, sched, crit = s9_setup(data, epochs=2, seed=0)
+    torch.manual_seed(999)  # the fresh process's own RNG state must not matter
+    resumed = fit(model, tr, te, opt, crit, "cpu", 2, sched, checkpoint=tmp_path / "b.pt", resume=True, log=quiet)
+
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(resumed) == strip(straight)
+    a, b = load_checkpoint(tmp_path / "a.pt")["model"], load_checkpoint(tmp_path / "b.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_run():
+    data = colour_task(200, 60)
+    runs = []
+    for _ in range(2):
+        model, tr, te, opt, sched, crit = s9_setup(data, epochs=1, seed=7)
+        runs.append(fit(model, tr, te, opt, crit, "cpu", 1, sched, log=lambda m: None))
+    assert runs[0][0]["train_loss"] == runs[1][0]["train_loss"] and runs[0][0]["test_loss"] == runs[1][0]["test_loss"]
+
+
+def test_history_holds_plain_floats_only():
+    data = colour_task(100, 40)
+    model, tr, te, opt, sched, crit = s9_setup(data, epochs=1)
+    history = fit(model, tr, te, opt, crit, "cpu", 1, sched, log=lambda m: None)
+    assert all(type(v) in (int, float) for e in history for v in e.values())
+
+
+class FixedLogits(nn.Module):
+    """Returns preset logits per item (the items are their own indices)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx):
+        return self.logits[idx.long()] + 0 * self.dummy
+
+
+def test_test_loss_is_the_mean_over_the_whole_test_set():
+    torch.manual_seed(0)
+    logits, y = torch.randn(70, 10), torch.randint(0, 10, (70,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(70), y), batch_size=32)
+    m = evaluate(FixedLogits(logits), loader, "cpu")
+    assert m["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert m["correct"] == int((logits.argmax(1) == y).sum()) and m["total"] == 70
+    assert format_test_line(m) == (f"Test set: Average loss: {m['loss']:.4f}, Accuracy: {m['correct']}/70 "
+                            f"({100 * m['correct'] / 70:.2f}%)")
+
+
+def test_one_cycle_peaks_at_epoch_5_linear_two_phases():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = one_cycle(opt, max_lr=1.0, epochs=24, steps_per_epoch=10, peak_epoch=5)
+    lrs = []
+    for _ in range(240):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    peak = max(range(240), key=lambda i: lrs[i])
+    assert abs(peak - 50) <= 1 and lrs[peak] == pytest.approx(1.0)
+    assert lrs[0] == pytest.approx(1.0 / 25)
+    rise = [b - a for a, b in zip(lrs[1:peak], lrs[2:peak])]
+    assert max(rise) - min(rise) < 1e-9  # linear
+    assert all(b < a for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # one anneal, no third phase
+    assert lrs[-1] < lrs[0]
+
+
+def test_atomic_save_keeps_the_old_checkpoint_when_a_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left behind
+
+
+def test_unreadable_checkpoint_is_one_clear_error(tmp_path):
+    (tmp_path / "ck.pt").write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "ck.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_checkpoint_of_a_compiled_model_has_plain_keys(tmp_path):
+    from utils.checkpoint import unwrap
+
+    model = TransformerUltimus()
+    wrapped = nn.DataParallel(model)
+    assert unwrap(wrapped) is model
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in unwrap(wrapped).state_dict())
