@@ -1,0 +1,36 @@
+"""Issue 3, LR range test: on the training loader, on a copy; the model to train is untouched."""
+import torch
+
+from assignments.recipes import recipe
+from synthetic import colour_task
+from utils.data import channel_stats
+from utils.lr import find_lr
+from utils.transforms import AUGMENTS, AugmentedSplit, EpochLoader, train_transform
+
+
+class CountingSplit(AugmentedSplit):
+    """The training dataset, counting the items read from it."""
+
+    reads = 0
+
+    def __getitem__(self, i):
+        CountingSplit.reads += 1
+        return super().__getitem__(i)
+
+
+def test_range_test_uses_the_training_loader_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    data = colour_task(256, 32)
+    mean, std = channel_stats(data.train.images)
+    counting = EpochLoader(CountingSplit(data.train, train_transform(AUGMENTS["S9"], mean, std)), 32, True, seed=0)
+    r = recipe("S9")
+    model = r.build_model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    search = find_lr(model, r.make_optimizer, r.criterion(), counting, "cpu", num_iter=40)
+    assert CountingSplit.reads >= 40 * 32  # 40 steps of 32 training images, cycling over the 8 batches
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # incl. BatchNorm buffers
+    assert model.training
+    assert 1e-7 <= search.suggested_lr <= search.lrs[-1]
+    assert search.suggested_lr <= search.min_loss_lr or search.min_loss_lr == search.lrs[0]
+    assert len(search.lrs) == len(search.losses) <= 40
+    assert search.figure is not None and len(search.figure.axes) == 1
