@@ -27,7 +27,8 @@ def test_range_test_uses_the_training_loader_and_leaves_the_model_alone():
     model = r.build_model().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     search = find_lr(model, r.make_optimizer, r.criterion(), counting, "cpu", num_iter=40)
-    assert CountingSplit.reads >= 40 * 32  # 40 steps of 32 training images, cycling over the 8 batches
+    assert len(search.lrs) >= 17  # it may stop early on divergence, after the descent
+    assert CountingSplit.reads >= len(search.lrs) * 32  # every step read a batch of training images
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # incl. BatchNorm buffers
     assert model.training
     assert 1e-7 <= search.suggested_lr <= search.lrs[-1]
