@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the latest) to its end")
     p.add_argument("--strict", action="store_true", help="stop at the training doctor's first finding")
     p.add_argument("--workers", type=int, help="DataLoader workers (default 0 on CPU, 2 on CUDA)")
+    p.add_argument("--loader", default="classic", choices=["classic", "fast"],
+                   help="classic: albumentations in a DataLoader; fast: the split on the device, augmented per batch")
     p.add_argument("--gallery", type=positive_int, default=10, help="misclassified images in the gallery and Grad-CAM")
     return p.parse_args(argv)
 
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     config = RunConfig(assignment=args.assignment, variant=args.variant, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, data_dir=args.data_dir, download=not args.no_download,
                        out=args.out, device=args.device, seed=args.seed, subset=args.subset, resume=args.resume,
-                       strict=args.strict, workers=args.workers)
+                       strict=args.strict, workers=args.workers, loader=args.loader)
     try:
         run = Run(config).setup()
         run.show_augmented()

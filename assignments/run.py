@@ -46,6 +46,7 @@ class RunConfig:
     resume: bool = False
     strict: bool = False  # stop at the doctor's first finding
     workers: int | None = None  # DataLoader workers; default 0 on CPU, 2 on CUDA (Colab's cores)
+    loader: str = "classic"  # "classic" (albumentations, what the course teaches) | "fast" (data on the device)
 
 
 class Run:
@@ -99,10 +100,19 @@ class Run:
         self.data_source = data.source + (f", subset of {c.subset}" if c.subset else "")
         self.log(f"data: {self.data_source}: {len(self.train_split)} train / {len(self.test_split)} test images; "
                  f"mean {tuple(round(m, 4) for m in self.mean)} std {tuple(round(s, 4) for s in self.std)}")
-        workers = c.workers if c.workers is not None else (2 if self.device.type == "cuda" else 0)
-        self.train_loader, self.test_loader = make_loaders(
-            self.train_split, self.test_split, r.augment, self.mean, self.std, self.batch_size, seed=c.seed,
-            num_workers=workers, pin_memory=self.device.type == "cuda", eval_batch_size=max(self.batch_size, 512))
+        eval_batch = max(self.batch_size, 512)
+        if c.loader == "fast":
+            from utils.fast_loader import make_fast_loaders
+            self.train_loader, self.test_loader = make_fast_loaders(
+                self.train_split, self.test_split, r.augment, self.mean, self.std, self.batch_size, self.device,
+                seed=c.seed, eval_batch_size=eval_batch)
+        elif c.loader == "classic":
+            workers = c.workers if c.workers is not None else (2 if self.device.type == "cuda" else 0)
+            self.train_loader, self.test_loader = make_loaders(
+                self.train_split, self.test_split, r.augment, self.mean, self.std, self.batch_size, seed=c.seed,
+                num_workers=workers, pin_memory=self.device.type == "cuda", eval_batch_size=eval_batch)
+        else:
+            raise ValueError(f"--loader must be classic or fast; got {c.loader!r}")
         self.model = r.build_model().to(self.device)
         self.params = count_params(self.model)
         self.criterion = r.criterion()
