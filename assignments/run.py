@@ -253,7 +253,7 @@ class Run:
             if self.lr_search else None,
             "health": self.doctor.report() if hasattr(self, "doctor") else [],
             "recipe": self.recipe.to_dict(), "config": asdict(self.config),
-            "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("__main__.py") else None,
+            "command": "python -m assignments " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else None,
             "date": dt.date.today().isoformat(), "torch": torch.__version__,
         }
 

@@ -74,8 +74,10 @@ class Doctor:
 
     def check_gradients(self, step: int, model: nn.Module) -> None:
         """After backward, before the optimizer step: stop on non-finite grads; flag dead layers."""
+        if step % self.grad_every and step > 1:
+            return
         grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
-        if not grads or (step % self.grad_every and step > 1):
+        if not grads:
             return
         norms = torch.stack(torch._foreach_norm([g for _, g in grads])).float().cpu()  # (num_params,)
         if not torch.isfinite(norms).all():

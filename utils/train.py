@@ -22,6 +22,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
     """One pass over ``loader``; the one-cycle ``scheduler`` steps every batch. Returns loss, acc, lr, steps."""
     model.train()
     total_loss, correct, seen, step = 0.0, 0, 0, step0
+    lr = optimizer.param_groups[0]["lr"]
     bar = progress(loader, desc=desc, leave=False)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
