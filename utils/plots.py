@@ -67,7 +67,7 @@ def lr_figure(search) -> Figure:
     ax.plot(lrs, losses)
     ax.set_xscale("log")
     ax.axvline(search.suggested_lr, color="tab:red", ls="--", label=f"suggested (steepest) {search.suggested_lr:.2e}")
-    ax.axvline(search.min_loss_lr, color="grey", ls=":", label=f"loss minimum {search.min_loss_lr:.2e} (too high)")
+    ax.axvline(search.min_loss_lr, color="grey", ls=":", label=f"loss minimum {search.min_loss_lr:.2e}")
     ax.set(xlabel="learning rate", ylabel="smoothed training loss", title="LR range test")
     ax.legend(fontsize=8)
     return fig
