@@ -147,9 +147,11 @@ class Run:
             return None
         self.lr_search = find_lr(self.model, r.make_optimizer, self.criterion, self.train_loader, self.device,
                                  end_lr=r.lr_end, num_iter=r.lr_iters)
-        self.max_lr = self.lr_search.suggested_lr
-        self.log(f"LR range test ({r.lr_iters} steps on the training set): suggested max LR {self.max_lr:.3e} "
-                 f"(steepest descent); loss minimum at {self.lr_search.min_loss_lr:.3e} (not used)")
+        self.max_lr = self.lr_search.suggested_lr * r.lr_scale
+        scaled = f" x {r.lr_scale:.3g} (the recipe's lr_scale) = {self.max_lr:.3e}" if r.lr_scale != 1 else ""
+        self.log(f"LR range test ({r.lr_iters} steps on the training set): suggested max LR "
+                 f"{self.lr_search.suggested_lr:.3e} (steepest descent){scaled}; loss minimum at "
+                 f"{self.lr_search.min_loss_lr:.3e}")
         return self._figure("lr_range_test", self.lr_search.figure)
 
     def train(self) -> list[dict]:

@@ -152,3 +152,15 @@ def test_each_kind_is_reported_once_and_logged():
     kinds = [f.kind for f in doctor.findings]
     assert kinds.count("collapse") == 1 and len(lines) == len(kinds)
     assert lines[0].startswith("DOCTOR step 5: collapse: collapsed:")
+
+
+def test_a_breakdown_after_learning_is_flagged_as_divergence():
+    # our first S9 run: train loss down to 1.42 by epoch 10, then back up to 2.1 at epoch 12-13
+    doctor = Doctor(log=lambda m: None)
+    y = torch.arange(10)
+    logits = torch.randn(10, 10)
+    for step in range(1, 401):
+        loss = 2.3 - min(step, 200) * 0.0045 if step <= 300 else 2.1  # 2.3 -> 1.4, plateau, jump to 2.1
+        doctor.after_step(step, loss, logits, y)
+    assert [f.kind for f in doctor.findings] == ["divergence"]
+    assert doctor.findings[0].step > 300

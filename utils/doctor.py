@@ -32,7 +32,7 @@ ADVICE = {
                  "descent suggestion), then check the model with the per-sample test (tests/test_models.py)."),
     "non_finite": ("the loss or a gradient became NaN/inf; the run stopped and the last checkpoint is kept. "
                    "Likely causes: LR too high, log of zero, bad input values. Next: lower --lr, check the data."),
-    "divergence": ("the loss rose far above where it started. Likely cause: LR too high. "
+    "divergence": ("the loss is climbing back up. Likely cause: LR too high for this model. "
                    "Next: lower the max LR to the range test's suggestion."),
     "vanishing": ("the signal is dying: {what}. Likely causes: stacked blocks without a residual path at a bad LR, "
                   "a frozen or disconnected layer. Next: lower --lr, try the residual variant."),
@@ -45,11 +45,12 @@ class Doctor:
     """Per-step health checks; ``findings`` collects what it saw, ``strict`` stops at the first one.
 
     ``window`` steps of history are compared after ``grace`` steps (a fresh network may briefly
-    predict one class). ``band`` is how close to ln(num_classes) a stuck loss must stay.
+    predict one class). ``band`` is how close to ln(num_classes) a stuck loss must stay; a window-mean
+    loss ``rise`` nats above the best window so far is a divergence (our first S9 run rose 1.4 -> 2.1).
     """
 
     def __init__(self, num_classes: int = 10, window: int = 30, grace: int = 20, band: float = 0.02,
-                 grad_every: int = 10, strict: bool = False, log=print):
+                 grad_every: int = 10, rise: float = 0.5, strict: bool = False, log=print):
         self.num_classes, self.window, self.grace, self.band = num_classes, window, grace, band
         self.grad_every, self.strict, self.log = grad_every, strict, log
         self.chance_loss = math.log(num_classes)
@@ -58,6 +59,8 @@ class Doctor:
         self.top_share: deque[float] = deque(maxlen=window)  # share of the batch given its most common prediction
         self.spread: deque[float] = deque(maxlen=window)  # logits' std across the batch, averaged over classes
         self.first_loss: float | None = None
+        self.best_mean = math.inf  # lowest window-mean loss so far
+        self.rise = rise
         self.findings: list[Finding] = []
 
     # --- hooks called by the training loop -------------------------------------------------------
@@ -117,8 +120,12 @@ class Doctor:
             self._report(step, "collapse", f"collapsed: the {what}, accuracy {acc:.1%}")
         if max(self.spread) < 1e-4:
             self._report(step, "vanishing", f"the logits' spread across images is below 1e-4 for {self.window} steps")
-        if self.first_loss is not None and mean_loss > max(3 * self.first_loss, self.first_loss + 2):
+        self.best_mean = min(self.best_mean, mean_loss)
+        if mean_loss > max(3 * self.first_loss, self.first_loss + 2):
             self._report(step, "divergence", f"loss {mean_loss:.3g} is far above its start {self.first_loss:.3g}")
+        elif mean_loss > self.best_mean + self.rise:
+            self._report(step, "divergence", f"loss {mean_loss:.3g} over the last {self.window} steps has risen "
+                                             f"{mean_loss - self.best_mean:.2f} above its best {self.best_mean:.3g}")
 
     def _report(self, step: int, kind: str, what: str, fatal: bool = False) -> None:
         if any(f.kind == kind for f in self.findings) and not fatal:
