@@ -43,7 +43,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
         seen += len(y)
         if doctor:
             doctor.after_step(step, loss_value, logits, y)
-        bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{100 * correct / seen:.2f}", lr=f"{lr:.2e}", refresh=False)
+        health = {"doctor": ",".join(f.kind for f in doctor.findings)} if doctor and doctor.findings else {}
+        bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{100 * correct / seen:.2f}", lr=f"{lr:.2e}", **health,
+                        refresh=False)
     return {"loss": total_loss / max(seen, 1), "acc": 100 * correct / max(seen, 1), "lr": lr, "steps": step}
 
 
