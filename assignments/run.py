@@ -58,17 +58,17 @@ class Run:
         self.recipe = recipe(c.assignment, c.variant)
         if c.resume:
             c.out = c.out or str(_latest_run(c.assignment))
+        self.device = pick_device(c.device)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.out = Path(c.out or f"runs/{c.assignment}-{stamp}")
-        self.out.mkdir(parents=True, exist_ok=True)
         self.saved = self._saved_state() if c.resume else None
-        if self.saved:  # a resumed run keeps the schedule it started with
-            for key in ("epochs", "batch_size", "seed", "subset", "lr", "variant"):
+        if self.saved:  # a resumed run keeps the schedule and data it started with
+            for key in ("epochs", "batch_size", "seed", "subset", "lr", "variant", "loader"):
                 setattr(c, key, self.saved["config"][key])
             self.recipe = recipe(c.assignment, c.variant)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.epochs = c.epochs or self.recipe.epochs
         self.batch_size = c.batch_size or self.recipe.batch_size
-        self.device = pick_device(c.device)
         self.t0 = time.perf_counter()
         self.lr_search, self.max_lr, self.history, self.predictions = None, None, [], None
         self.figures: dict[str, Path] = {}
