@@ -23,9 +23,10 @@ def kornia_comparison(images: torch.Tensor, spec, mean, sync) -> None:
     fill = torch.tensor(mean_pixel(mean), dtype=torch.uint8, device=images.device)
     x = images.float() / 255  # kornia works on float images
     pipeline = torch.nn.Sequential(
-        K.RandomCrop((32, 32), padding=spec.pad, fill=0, p=1.0),  # kornia pads with a constant, not per channel
+        K.RandomCrop((32, 32), padding=spec.pad, fill=list(mean), p=1.0),
         K.RandomHorizontalFlip(p=0.5),
-        K.RandomErasing(scale=(spec.cutout**2 / 1024,) * 2, ratio=(1.0, 1.0), value=0.0, p=spec.cutout_p),
+        # RandomErasing takes one fill value for all channels: it cannot fill with the per-channel mean
+        K.RandomErasing(scale=(spec.cutout**2 / 1024,) * 2, ratio=(1.0, 1.0), value=float(sum(mean) / 3), p=spec.cutout_p),
     ).to(images.device)
     gen = torch.Generator(device=images.device).manual_seed(0)
     ours = lambda: [augment_batch(images[i:i + 512], spec, fill, gen) for i in range(0, len(images), 512)]  # noqa: E731
