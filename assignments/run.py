@@ -282,7 +282,8 @@ def _plain(obj):
 
 
 def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({n} thread{'s' * (n != 1)})"
 
 
 def _latest_run(assignment: str) -> Path:
