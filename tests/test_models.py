@@ -69,14 +69,15 @@ def test_same_seed_same_weights_and_logits(name):
 
 
 def _alone_vs_in_batch(model) -> float:
-    """Largest difference between an image's logits alone and among 255 other random images."""
+    """Largest difference between an image's logits alone and among 255 other random images, relative to
+    the logits' size (a fresh spec network's logits are ~1e-8, so an absolute tolerance would pass anything)."""
     torch.manual_seed(0)
     model.eval()
     batch = torch.randn(256, 3, 32, 32)
     with torch.no_grad():
         together = model(batch)  # (256, 10)
         alone = torch.cat([model(batch[i:i + 1]) for i in range(0, 256, 51)])  # a few images, batch of 1
-    return (together[::51] - alone).abs().max().item()
+    return ((together[::51] - alone).abs().max() / together.abs().max()).item()
 
 
 @pytest.mark.parametrize("kwargs", S9_VARIANTS)
