@@ -40,13 +40,14 @@ def kornia_comparison(images: torch.Tensor, spec, mean, sync) -> None:
 def main():
     p = bench_parser(__doc__)
     p.add_argument("--assignment", default="S9", choices=["S7", "S8", "S9"])
+    p.add_argument("--workers", type=int, help="classic DataLoader workers (default: 0 on CPU, 2 on CUDA)")
     args = p.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     r = recipe(args.assignment)
     data = bench_data(args.data_dir, args.images)
     mean, std = channel_stats(data.train.images)
-    workers = 2 if device.type == "cuda" else 0
+    workers = args.workers if args.workers is not None else (2 if device.type == "cuda" else 0)
     classic, _ = make_loaders(data.train, data.test, r.augment, mean, std, r.batch_size, seed=0, num_workers=workers,
                               pin_memory=device.type == "cuda")
     fast, _ = make_fast_loaders(data.train, data.test, r.augment, mean, std, r.batch_size, device, seed=0)
