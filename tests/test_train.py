@@ -168,3 +168,15 @@ def test_checkpoint_of_a_compiled_model_has_plain_keys(tmp_path):
     wrapped = nn.DataParallel(model)
     assert unwrap(wrapped) is model
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in unwrap(wrapped).state_dict())
+
+
+def test_train_loss_is_plain_cross_entropy_even_with_label_smoothing():
+    from utils.train import train_one_epoch
+
+    torch.manual_seed(0)
+    logits, y = torch.randn(64, 10) * 3, torch.randint(0, 10, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(64), y), batch_size=64)
+    model = FixedLogits(logits)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    out = train_one_epoch(model, loader, opt, nn.CrossEntropyLoss(label_smoothing=0.2), "cpu")
+    assert out["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)

@@ -19,7 +19,8 @@ from .progress import progress
 
 def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, scheduler=None,
                     doctor: Doctor | None = None, step0: int = 0, desc: str = "train") -> dict:
-    """One pass over ``loader``; the one-cycle ``scheduler`` steps every batch. Returns loss, acc, lr, steps."""
+    """One pass over ``loader``; the one-cycle ``scheduler`` steps every batch. Returns loss (plain
+    cross-entropy), accuracy in %, the last LR and the global step count."""
     model.train()
     total_loss, correct, seen, step = 0.0, 0, 0, step0
     lr = optimizer.param_groups[0]["lr"]
@@ -37,7 +38,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
-        loss_value = loss.item()
+        # report plain cross-entropy, comparable with the test loss even when training uses label smoothing
+        smoothed = getattr(criterion, "label_smoothing", 0.0) > 0
+        loss_value = F.cross_entropy(logits.detach(), y).item() if smoothed else loss.item()
         total_loss += loss_value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
