@@ -52,7 +52,6 @@ def main(argv=None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # headless: figures go to PNG files
-    from utils.checkpoint import load_checkpoint  # noqa: F401  (import errors surface before training)
     from utils.data import DataError
     from utils.doctor import TrainingStopped
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import load_checkpoint, unwrap
+from utils.checkpoint import load_checkpoint
 from utils.data import CLASSES, channel_stats, load_cifar10
 from utils.doctor import Doctor
 from utils.lr import find_lr, one_cycle

@@ -9,7 +9,7 @@ from models import TransformerUltimus
 from reference_ultimus import seed_model
 from synthetic import PALETTE, colour_task
 from utils.checkpoint import load_checkpoint
-from utils.data import CifarData, channel_stats
+from utils.data import channel_stats
 from utils.doctor import Doctor, TrainingStopped
 from utils.lr import one_cycle
 from utils.seed import set_seed
