@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 
+SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's plot() defaults: the curve's noisy ends, left out
+
+
 @dataclass
 class LRSearch:
     """What the range test found: the suggested max LR, the LR at the lowest loss, and the curve."""
@@ -48,7 +51,7 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
         finder.range_test(loader, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)  # and always draws a bar
     lrs, losses = finder.history["lr"], finder.history["loss"]
     finder.reset()
-    skip_start, skip_end = 10, 5  # torch-lr-finder's plot() defaults
+    skip_start, skip_end = SKIP_START, SKIP_END
     lowest = int(np.argmin(losses))
     # finder.plot()'s rule (steepest descent of the smoothed loss), searched only up to the loss
     # minimum: past it a noisy dip on the way up can look steeper (seen on S9: 1.2e-2 vs minimum 8.5e-3).

@@ -15,6 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .data import CLASSES
+from .lr import SKIP_END, SKIP_START
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
@@ -63,7 +64,8 @@ def lr_figure(search) -> Figure:
     """Range-test loss against LR (log axis) with the suggested LR and the loss-minimum LR marked."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    lrs, losses = search.lrs[10:-5] or search.lrs, search.losses[10:-5] or search.losses
+    keep = slice(SKIP_START, -SKIP_END)
+    lrs, losses = search.lrs[keep] or search.lrs, search.losses[keep] or search.losses
     ax.plot(lrs, losses)
     ax.set_xscale("log")
     ax.axvline(search.suggested_lr, color="tab:red", ls="--", label=f"suggested (steepest) {search.suggested_lr:.2e}")

@@ -24,6 +24,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
     model.train()
     total_loss, correct, seen, step = 0.0, 0, 0, step0
     lr = optimizer.param_groups[0]["lr"]
+    # report plain cross-entropy, comparable with the test loss even when training uses label smoothing
+    smoothed = getattr(criterion, "label_smoothing", 0.0) > 0
     bar = progress(loader, desc=desc, leave=False)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -38,8 +40,6 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
-        # report plain cross-entropy, comparable with the test loss even when training uses label smoothing
-        smoothed = getattr(criterion, "label_smoothing", 0.0) > 0
         loss_value = F.cross_entropy(logits.detach(), y).item() if smoothed else loss.item()
         total_loss += loss_value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
