@@ -88,7 +88,7 @@ class Run:
     # --- steps -----------------------------------------------------------------------------------
     def setup(self) -> "Run":
         """Seed, load data, compute the mean/std, build loaders, model, optimizer and loss."""
-        from utils.transforms import make_loaders
+        from utils.transforms import default_workers, make_loaders
 
         c, r = self.config, self.recipe
         set_seed(c.seed)
@@ -107,7 +107,7 @@ class Run:
                 self.train_split, self.test_split, r.augment, self.mean, self.std, self.batch_size, self.device,
                 seed=c.seed, eval_batch_size=eval_batch)
         elif c.loader == "classic":
-            workers = c.workers if c.workers is not None else (2 if self.device.type == "cuda" else 0)
+            workers = c.workers if c.workers is not None else default_workers(self.device.type)
             self.train_loader, self.test_loader = make_loaders(
                 self.train_split, self.test_split, r.augment, self.mean, self.std, self.batch_size, seed=c.seed,
                 num_workers=workers, pin_memory=self.device.type == "cuda", eval_batch_size=eval_batch)

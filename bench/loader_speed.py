@@ -11,7 +11,7 @@ from assignments.recipes import recipe
 from utils.data import channel_stats
 from utils.fast_loader import augment_batch, make_fast_loaders
 from utils.train import train_one_epoch
-from utils.transforms import make_loaders, mean_pixel
+from utils.transforms import default_workers, make_loaders, mean_pixel
 
 
 def kornia_comparison(images: torch.Tensor, spec, mean, sync) -> None:
@@ -47,7 +47,7 @@ def main():
     r = recipe(args.assignment)
     data = bench_data(args.data_dir, args.images)
     mean, std = channel_stats(data.train.images)
-    workers = args.workers if args.workers is not None else (2 if device.type == "cuda" else 0)
+    workers = args.workers if args.workers is not None else default_workers(device.type)
     classic, _ = make_loaders(data.train, data.test, r.augment, mean, std, r.batch_size, seed=0, num_workers=workers,
                               pin_memory=device.type == "cuda")
     fast, _ = make_fast_loaders(data.train, data.test, r.augment, mean, std, r.batch_size, device, seed=0)

@@ -45,8 +45,9 @@ class Doctor:
     """Per-step health checks; ``findings`` collects what it saw, ``strict`` stops at the first one.
 
     ``window`` steps of history are compared after ``grace`` steps (a fresh network may briefly
-    predict one class), and a condition must hold ``patience`` steps in a row before it is reported. ``band`` is how close to ln(num_classes) a stuck loss must stay; a window-mean
-    loss ``rise`` nats above the best window so far is a divergence (our first S9 run rose 1.4 -> 2.1).
+    predict one class), and a condition must hold ``patience`` steps in a row before it is reported.
+    ``band`` is how close to ln(num_classes) a stuck loss must stay; a window-mean loss ``rise`` nats
+    above the best window so far is a divergence (our first S9 run rose 1.4 -> 2.1).
     """
 
     def __init__(self, num_classes: int = 10, window: int = 30, grace: int = 20, band: float = 0.02,

@@ -105,6 +105,11 @@ class EpochLoader(DataLoader):
         self.dataset.transform.set_random_seed(epoch_seed)  # used as is when num_workers == 0
 
 
+def default_workers(device_type: str) -> int:
+    """DataLoader workers: 0 on CPU (workers would compete with the training threads), 2 on CUDA (Colab's cores)."""
+    return 2 if device_type == "cuda" else 0
+
+
 def make_loaders(train: ImageSplit, test: ImageSplit, spec: AugmentSpec, mean, std, batch_size: int,
                  seed: int = 0, num_workers: int = 0, pin_memory: bool = False, eval_batch_size: int | None = None):
     """(train_loader, test_loader): augmented and shuffled train, plain ordered test."""
