@@ -25,7 +25,9 @@ def lr_value(text: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m assignments", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m assignments",
+                                description="Train with the assignment's recipe and write log.txt, metrics.json, "
+                                            "the checkpoint, every figure and report.md into the out directory.")
     p.add_argument("assignment", choices=["S7", "S8", "S9"])
     p.add_argument("--variant", default="spec", help="S9 Ultimus variant: spec | residual | prescaled | prescaled-residual")
     p.add_argument("--epochs", type=positive_int, help="default: the assignment's (S7 20, S8 24, S9 24)")

@@ -11,7 +11,7 @@ import torch
 from models import CustomResNet, ResNet18, TransformerUltimus
 from utils.transforms import AUGMENTS, AugmentSpec
 
-# S9 variants of the Ultimus block (issue 2): the spec and the three measured alternatives.
+# S9 variants of the Ultimus block: the spec and the three measured alternatives (results/README.md).
 S9_VARIANTS = {
     "spec": {"residual": False, "scale": "after_softmax"},
     "residual": {"residual": True, "scale": "after_softmax"},
@@ -62,12 +62,12 @@ def recipe(assignment: str, variant: str = "spec") -> Recipe:
     if assignment == "S7":
         return Recipe("S7", "ResNet18", epochs=20, batch_size=512, optimizer="sgd", weight_decay=5e-4,
                       reason="SGD + Nesterov with weight decay 5e-4 is the standard ResNet18/CIFAR recipe "
-                             "(89.3% in 20 epochs on the JPEG copy with OCP, ../shared/data/README.md)",
+                             "(89.3% in 20 epochs on CIFAR-10 (JPEG copy) with one-cycle, one H200: results/README.md)",
                       augment=AUGMENTS["S7"])
     if assignment == "S8":
         return Recipe("S8", "CustomResNet", epochs=24, batch_size=512, optimizer="sgd", weight_decay=5e-4,
                       reason="SGD + Nesterov, label smoothing 0.2 and logits x0.125 follow cifar10-fast's ResNet-9 "
-                             "(90.8% in 24 epochs on the JPEG copy, ../shared/data/README.md)",
+                             "(90.8% in 24 epochs on CIFAR-10 (JPEG copy), one H200: results/README.md)",
                       model_kwargs={"logit_scale": 0.125}, label_smoothing=0.2, augment=AUGMENTS["S8"])
     if assignment == "S9":
         if variant not in S9_VARIANTS:
@@ -78,7 +78,7 @@ def recipe(assignment: str, variant: str = "spec") -> Recipe:
         # epoch 12 (test accuracy 11%); a third of it lands at the 2.5e-3 that measured 58.5%.
         scale = 1.0 if kwargs["residual"] else 1 / 3
         return Recipe("S9", "TransformerUltimus", epochs=24, batch_size=128, optimizer="adam", weight_decay=0.0,
-                      reason="Adam, as the assignment says; no weight decay (the seed's 1e-2 with Adam at a "
+                      reason="Adam, as the assignment says; no weight decay (the original solution's 1e-2 with Adam at a "
                              "loss-minimum LR collapsed the bias-free network)",
                       model_kwargs=kwargs, lr_scale=scale, augment=AUGMENTS["S9"])
     raise ValueError(f"assignment must be S7, S8 or S9; got {assignment!r}")

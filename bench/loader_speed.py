@@ -1,4 +1,4 @@
-"""Issue 7 benchmark: the same assignment trained with the classic (albumentations) and the fast
+"""Benchmark: the same assignment trained with the classic (albumentations) and the fast
 (data on the device) loader in one process; images/s of each and the ratio. Optionally times the
 augmentation alone against kornia.augmentation, when kornia is installed.
 

@@ -1,4 +1,4 @@
-"""Issue 3 benchmark: S9 images/s of the full training loop (loader + doctor + bookkeeping) against the
+"""Benchmark: S9 images/s of the full training loop (loader + doctor + bookkeeping) against the
 model's bare train step on tensors already in memory, same machine, same process.
 
     python bench/loop_vs_bare.py [--data-dir local/cifar10-jpeg] [--images 12800] [--device cpu]

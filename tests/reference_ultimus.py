@@ -1,4 +1,4 @@
-"""The seed's Ultimus block, kept only to prove the doctor and the per-sample test catch it.
+"""The original solution's Ultimus block, kept only to prove the doctor and the per-sample test catch it.
 
 It computes ``Q.T @ K`` on (B, 8) matrices: an 8x8 matrix summed over the *batch*, so every
 image's output depends on the other images in its batch. Do not use it for anything else.
@@ -25,7 +25,7 @@ class BatchMixingUltimus(nn.Module):
 
 
 def seed_model() -> TransformerUltimus:
-    """TransformerUltimus with the seed's batch-mixing blocks (same parameter count)."""
+    """TransformerUltimus with the original solution's batch-mixing blocks (same parameter count)."""
     model = TransformerUltimus()
     model.ultimus = nn.Sequential(*[BatchMixingUltimus() for _ in range(4)])
     return model

@@ -1,4 +1,4 @@
-"""Issue 3: ``python -m assignments`` end to end, its outputs, its one-line errors, --resume."""
+"""``python -m assignments`` end to end, its outputs, its one-line errors, --resume."""
 import json
 import os
 import subprocess

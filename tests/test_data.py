@@ -1,4 +1,4 @@
-"""Issue 3, data: both --data-dir layouts, float64 statistics, augmentations, one-line errors."""
+"""Both --data-dir layouts, float64 statistics, augmentations, one-line errors."""
 import urllib.error
 import warnings
 

@@ -1,4 +1,4 @@
-"""Issue 5: the training doctor flags the seed's collapse, stays quiet on healthy runs, stops on NaN."""
+"""The training doctor flags the original solution's collapse, stays quiet on healthy runs, stops on NaN."""
 import math
 
 import numpy as np
@@ -136,7 +136,7 @@ def test_a_dead_layer_is_flagged_as_vanishing():
 
 
 @pytest.mark.parametrize("max_lr, min_loss_lr, expected", [
-    (0.83, 0.83, "schedule"),  # the seed: max LR taken at the loss minimum
+    (0.83, 0.83, "schedule"),  # the original solution: max LR taken at the loss minimum
     (0.5, None, "schedule"),  # 50x the suggestion
     (2e-3, 0.83, None),  # the suggestion itself
 ])

@@ -1,4 +1,4 @@
-"""Issue 7: the GPU-resident loader draws the same augmentations, with the same statistics, as albumentations."""
+"""The GPU-resident loader draws the same augmentations, with the same statistics, as albumentations."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Issue 3, LR range test: on the training loader, on a copy; the model to train is untouched."""
+"""LR range test: on the training loader, on a copy; the model to train is untouched."""
 import torch
 
 from assignments.recipes import recipe

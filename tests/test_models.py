@@ -1,4 +1,4 @@
-"""Issue 2: the three models exactly as the assignments specify."""
+"""The three models exactly as the assignments specify."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Issue 6: the three notebooks run top to bottom on synthetic data, warning-free, calling only the library."""
+"""The three notebooks run top to bottom on synthetic data, warning-free, calling only the library."""
 import ast
 import re
 from pathlib import Path
@@ -12,8 +12,58 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["S7", "S8", "S9"]
 
 
+DEFAULTS = {"DATA_DIR": None, "DEVICE": "auto", "OUT": None}
+# a path of one machine: a repo-relative data or run folder, a parent directory, an absolute home or temp path
+LOCAL_PATH = re.compile(r"""["'](local/|runs/|\.\./|/tmp/|/home/|/work/|/Users/)""")
+
+
 def code_cells(nb):
     return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def parameters(nb) -> dict:
+    """The literal assignments of the cell tagged ``parameters``."""
+    cell = next(c for c in code_cells(nb) if "parameters" in c.metadata.get("tags", []))
+    tree = ast.parse(cell.source)
+    return {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)}
+
+
+def assert_colab_clean(nb, name):
+    """Run all in Colab works unchanged: defaults in the parameters cell, no injected cell, no local path, and
+    at most one run note, whose final accuracy is the last one the outputs print."""
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert not [t for t in tags if "injected-parameters" in t], f"{name}: an injected-parameters cell is left"
+    params = parameters(nb)
+    assert {k: params.get(k, "missing") for k in DEFAULTS} == DEFAULTS, f"{name}: parameters cell lost its defaults"
+    for cell in code_cells(nb):
+        assert not LOCAL_PATH.search(cell.source), f"{name}: a local path in a code cell: {cell.source[:200]}"
+    notes = [c for c, t in zip(nb.cells, tags) if "run-note" in t]
+    assert len(notes) <= 1, f"{name}: {len(notes)} run notes"
+    text = "".join(o.get("text", "") for c in code_cells(nb) for o in c.outputs if o.output_type == "stream")
+    printed = re.findall(r"Test set: Average loss: [\d.]+, Accuracy: \d+/\d+ \(([\d.]+)%\)", text)
+    if printed:  # an executed notebook says what its outputs are
+        assert notes, f"{name}: executed but no run note"
+        noted = re.search(r"final test accuracy \*\*([\d.]+)%\*\*", notes[0].source)
+        assert noted and noted.group(1) == printed[-1], f"{name}: note {noted and noted.group(1)} vs outputs {printed[-1]}"
+        epochs = re.search(r"(\d+) epochs", notes[0].source)
+        assert epochs and int(epochs.group(1)) == len(re.findall(r"^EPOCH: \d+", text, flags=re.M))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_runs_in_colab_unchanged(name):
+    assert_colab_clean(nbformat.read(REPO / "assignments" / f"{name}.ipynb", as_version=4), name)
+
+
+def test_colab_check_catches_what_breaks_run_all():
+    nb = nbformat.read(REPO / "assignments" / "S8.ipynb", as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    broken = nbformat.v4.new_code_cell("DATA_DIR = 'local/cifar10-jpeg'", metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(at + 1, broken)
+    with pytest.raises(AssertionError, match="injected"):
+        assert_colab_clean(nb, "S8")
+    broken.metadata["tags"] = []
+    with pytest.raises(AssertionError, match="local path"):
+        assert_colab_clean(nb, "S8")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -45,3 +95,7 @@ def test_notebook_runs_top_to_bottom_without_warnings(name, folder_dir, tmp_path
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "Test set: Average loss:" in text and "Total params:" in text
     assert (tmp_path / "run" / "report.md").is_file()
+    # what the runner writes is Colab-clean, and its one note states the accuracy its outputs print
+    written = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
+    assert_colab_clean(written, name)
+    assert sum("run-note" in c.metadata.get("tags", []) for c in written.cells) == 1

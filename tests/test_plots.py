@@ -1,4 +1,4 @@
-"""Issue 4: figures, class table, confusion matrix, gallery, Grad-CAM and report from a tiny run."""
+"""Figures, class table, confusion matrix, gallery, Grad-CAM and report from a tiny run."""
 import gc
 import json
 import tracemalloc

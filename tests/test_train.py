@@ -1,4 +1,4 @@
-"""Issue 3, training: loops, true mean test loss, learnable task, resume = straight run, atomic checkpoints."""
+"""Loops, true mean test loss, learnable task, resume = straight run, atomic checkpoints."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""The training doctor: watches each step for the failures that kept the seed's S9 at 10% for 24 epochs.
+"""The training doctor: watches each step for the failures that kept the original solution's S9 at 10% for 24 epochs.
 
 It only looks at what the loop already has (the loss value, the batch's logits and predictions,
 and every ``grad_every`` steps the gradients), so it costs no extra forward pass. Each kind of

@@ -2,7 +2,7 @@
 
 The range test runs on a copy of the model and a fresh optimizer, so the model to be trained is
 untouched. It suggests the LR at the steepest descent of the smoothed loss (before its minimum); the LR at the loss
-minimum is recorded too, because taking it (0.83 for the seed's S9, with Adam and weight decay
+minimum is recorded too, because taking it (0.83 for the original solution's S9, with Adam and weight decay
 1e-2) collapsed the network to constant outputs.
 """
 from __future__ import annotations
