@@ -44,6 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="DataLoader workers (default 0 on CPU, 2 on CUDA)")
     p.add_argument("--loader", default="classic", choices=["classic", "fast"],
                    help="classic: albumentations in a DataLoader; fast: the split on the device, augmented per batch")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast of the forward pass; auto: bf16 where the device runs it natively "
+                        "(AVX-512 BF16/AMX CPU, CUDA 8.0+), fp16 + grad scaler on older GPUs, else fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training and testing")
     p.add_argument("--gallery", type=positive_int, default=10, help="misclassified images in the gallery and Grad-CAM")
     return p.parse_args(argv)
 
@@ -62,7 +66,8 @@ def main(argv=None) -> int:
     config = RunConfig(assignment=args.assignment, variant=args.variant, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, data_dir=args.data_dir, download=not args.no_download,
                        out=args.out, device=args.device, seed=args.seed, subset=args.subset, resume=args.resume,
-                       strict=args.strict, workers=args.workers, loader=args.loader)
+                       strict=args.strict, workers=args.workers, loader=args.loader,
+                       precision=args.precision, compile=args.compile)
     try:
         run = Run(config).setup()
         run.show_augmented()

@@ -17,9 +17,10 @@ from utils.checkpoint import load_checkpoint
 from utils.data import CLASSES, channel_stats, load_cifar10
 from utils.doctor import Doctor
 from utils.lr import find_lr, one_cycle
+from utils.precision import Precision
 from utils.progress import say
 from utils.seed import pick_device, set_seed
-from utils.summary import count_params, model_summary
+from utils.summary import count_params, model_summary, summary_text
 from utils.train import fit, predict
 from utils import plots
 
@@ -47,6 +48,8 @@ class RunConfig:
     strict: bool = False  # stop at the doctor's first finding
     workers: int | None = None  # DataLoader workers; default 0 on CPU, 2 on CUDA (Colab's cores)
     loader: str = "classic"  # "classic" (albumentations, what the course teaches) | "fast" (data on the device)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (utils.precision: auto = what the device runs natively)
+    compile: bool = False  # torch.compile the train/test model (its compile time counts in the wall time)
 
 
 class Run:
@@ -63,8 +66,9 @@ class Run:
         self.out = Path(c.out or f"runs/{c.assignment}-{stamp}")
         self.saved = self._saved_state() if c.resume else None
         if self.saved:  # a resumed run keeps the schedule and data it started with
-            for key in ("epochs", "batch_size", "seed", "subset", "lr", "variant", "loader"):
-                setattr(c, key, self.saved["config"][key])
+            for key in ("epochs", "batch_size", "seed", "subset", "lr", "variant", "loader", "precision", "compile"):
+                if key in self.saved["config"]:
+                    setattr(c, key, self.saved["config"][key])
             self.recipe = recipe(c.assignment, c.variant)
         self.out.mkdir(parents=True, exist_ok=True)
         self.epochs = c.epochs or self.recipe.epochs
@@ -92,8 +96,10 @@ class Run:
 
         c, r = self.config, self.recipe
         set_seed(c.seed)
+        self.precision = Precision(c.precision, self.device, channels_last=r.channels_last)
         self.log(f"{c.assignment}: {r.model} {r.model_kwargs or ''} | device {self.device} "
-                 f"({torch.cuda.get_device_name(self.device) if self.device.type == 'cuda' else 'CPU'}) | out {self.out}")
+                 f"({torch.cuda.get_device_name(self.device) if self.device.type == 'cuda' else 'CPU'}) | "
+                 f"precision {self.precision}{' | torch.compile' if c.compile else ''} | out {self.out}")
         data = load_cifar10(c.data_dir, download=c.download)
         self.mean, self.std = channel_stats(data.train.images)
         self.train_split, self.test_split = data.train.subset(c.subset, c.seed), data.test.subset(c.subset, c.seed)
@@ -113,7 +119,9 @@ class Run:
                 num_workers=workers, pin_memory=self.device.type == "cuda", eval_batch_size=eval_batch)
         else:
             raise ValueError(f"--loader must be classic or fast; got {c.loader!r}")
-        self.model = r.build_model().to(self.device)
+        self.model = r.build_model().to(self.device, memory_format=self.precision.memory_format)
+        # the compiled module shares the model's parameters; figures and the range test use the plain one
+        self.step_model = torch.compile(self.model) if c.compile else self.model
         self.params = count_params(self.model)
         self.criterion = r.criterion()
         return self
@@ -125,7 +133,7 @@ class Run:
     def summary(self):
         """torchinfo's table of the model (printed and logged); returns the summary object."""
         s = model_summary(self.model)
-        self.summary_text = str(s)
+        self.summary_text = summary_text(s)
         with open(self.log_path, "a") as f:
             f.write(self.summary_text + "\n")
         print(self.summary_text)
@@ -146,7 +154,7 @@ class Run:
             self.log(f"max LR {self.max_lr:.3e} (given)")
             return None
         self.lr_search = find_lr(self.model, r.make_optimizer, self.criterion, self.train_loader, self.device,
-                                 end_lr=r.lr_end, num_iter=r.lr_iters)
+                                 end_lr=r.lr_end, num_iter=r.lr_iters, precision=self.precision)
         self.max_lr = self.lr_search.suggested_lr * r.lr_scale
         scaled = f" x {r.lr_scale:.3g} (the recipe's lr_scale) = {self.max_lr:.3e}" if r.lr_scale != 1 else ""
         self.log(f"LR range test ({r.lr_iters} steps on the training set): suggested max LR "
@@ -169,9 +177,10 @@ class Run:
                  f"{r.optimizer} wd {r.weight_decay}, batch {self.batch_size}")
         extra = {"config": asdict(c), "max_lr": self.max_lr, "recipe": r.to_dict()}
         try:
-            self.history = fit(self.model, self.train_loader, self.test_loader, optimizer, self.criterion,
+            self.history = fit(self.step_model, self.train_loader, self.test_loader, optimizer, self.criterion,
                                self.device, self.epochs, scheduler, checkpoint=self.out / CHECKPOINT,
-                               resume=bool(self.saved), doctor=self.doctor, log=self.log, extra=_plain(extra))
+                               resume=bool(self.saved), doctor=self.doctor, log=self.log, extra=_plain(extra),
+                               precision=self.precision)
         finally:
             self.write_metrics()
         return self.history
@@ -179,7 +188,7 @@ class Run:
     def predict(self):
         """Logits and targets over the whole test set (cached)."""
         if self.predictions is None:
-            self.predictions = predict(self.model, self.test_loader, self.device)
+            self.predictions = predict(self.model, self.test_loader, self.device, self.precision)
         return self.predictions
 
     def curves(self):
@@ -249,6 +258,7 @@ class Run:
             "final_test_acc": h[-1]["test_acc"] if h else None,
             "best_test_acc": max((e["test_acc"] for e in h), default=None),
             "data": self.data_source, "device": _device_name(self.device),
+            "precision": repr(self.precision), "compile": self.config.compile,
             "wall_seconds": round(time.perf_counter() - self.t0, 1),
             "max_lr": self.max_lr,
             "lr_search": {"suggested_lr": self.lr_search.suggested_lr, "min_loss_lr": self.lr_search.min_loss_lr}

@@ -80,8 +80,11 @@ class Doctor:
             self._report(0, "schedule", f"max LR {max_lr:.3g} is {max_lr / suggested_lr:.0f}x the range test's "
                                         f"suggestion {suggested_lr:.3g}")
 
-    def check_gradients(self, step: int, model: nn.Module) -> None:
-        """After backward, before the optimizer step: stop on non-finite grads; flag dead layers."""
+    def check_gradients(self, step: int, model: nn.Module, overflow_expected: bool = False) -> None:
+        """After backward, before the optimizer step: stop on non-finite grads; flag dead layers.
+
+        With ``overflow_expected`` (fp16 with a gradient scaler) an inf gradient is the scaler's to skip,
+        not a finding; the loop reports a real one through :meth:`non_finite`."""
         if step % self.grad_every and step > 1:
             return
         grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
@@ -89,8 +92,10 @@ class Doctor:
             return
         norms = torch.stack(torch._foreach_norm([g for _, g in grads])).float().cpu()  # (num_params,)
         if not torch.isfinite(norms).all():
+            if overflow_expected:
+                return
             bad = [n for (n, _), v in zip(grads, norms) if not torch.isfinite(v)]
-            self._report(step, "non_finite", f"non-finite gradient in {bad[:3]}", fatal=True)
+            self.non_finite(step, f"non-finite gradient in {bad[:3]}")
         for (name, _), v in zip(grads, norms):
             self.dead_checks[name] = self.dead_checks.get(name, 0) + 1 if v == 0 else 0
         # exactly zero for 3 checks in a row: a fresh spec S9 has K/Q gradients of ~1e-17, not 0
@@ -98,10 +103,14 @@ class Doctor:
         if dead and step > self.grace:
             self._report(step, "vanishing", f"zero gradient in {len(dead)} parameter tensor(s), e.g. {dead[0]}")
 
+    def non_finite(self, step: int, what: str) -> None:
+        """A NaN/inf the run cannot go on with: reported, and the run stops."""
+        self._report(step, "non_finite", what, fatal=True)
+
     def after_step(self, step: int, loss: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """After each step: the batch loss (a float), logits (B, C) and targets (B,)."""
         if not math.isfinite(loss):
-            self._report(step, "non_finite", f"loss is {loss}", fatal=True)
+            self.non_finite(step, f"loss is {loss}")
         preds = logits.detach().argmax(1)  # (B,)
         self.losses.append(loss)
         self.correct.append((preds == targets).float().mean().item())

@@ -32,11 +32,12 @@ class LRSearch:
 
 
 def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 1e-7, end_lr: float = 10.0,
-            num_iter: int = 100) -> LRSearch:
+            num_iter: int = 100, precision=None) -> LRSearch:
     """Run torch-lr-finder on the *training* ``loader`` with a deep copy of ``model``.
 
     ``make_optimizer(params, lr)`` builds the optimizer the run will use (e.g. Adam with its weight
-    decay) so the test measures the same update rule. Returns an :class:`LRSearch` with its figure.
+    decay) so the test measures the same update rule; ``precision`` (a :class:`utils.precision.Precision`)
+    the same autocast. Returns an :class:`LRSearch` with its figure.
     """
     with warnings.catch_warnings():  # tqdm.autonotebook's "experimental" warning on import inside Jupyter
         warnings.simplefilter("ignore")
@@ -45,7 +46,13 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
     from .progress import bars_enabled
 
     probe = copy.deepcopy(model).to(device)
-    finder = LRFinder(probe, make_optimizer(probe.parameters(), start_lr), criterion, device=device)
+    amp = {}
+    if precision is not None and precision.dtype is not None:
+        amp = {"amp_backend": "torch", "amp_config": {"device_type": precision.device.type, "dtype": precision.dtype},
+               "grad_scaler": torch.amp.GradScaler(precision.device.type, enabled=precision.scaler is not None)}
+        loss_fn = criterion
+        criterion = lambda out, y: loss_fn(out.float(), y)  # noqa: E731  (the loss in fp32, as in training)
+    finder = LRFinder(probe, make_optimizer(probe.parameters(), start_lr), criterion, device=device, **amp)
     quiet_bar = contextlib.nullcontext() if bars_enabled() else contextlib.redirect_stderr(io.StringIO())
     with contextlib.redirect_stdout(io.StringIO()), quiet_bar:  # it prints "Learning rate search finished"
         finder.range_test(loader, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)  # and always draws a bar

@@ -14,29 +14,38 @@ from torch import nn
 
 from .checkpoint import atomic_save, load_checkpoint, unwrap
 from .doctor import Doctor, Finding
+from .precision import Precision
 from .progress import progress
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, scheduler=None,
-                    doctor: Doctor | None = None, step0: int = 0, desc: str = "train") -> dict:
+                    doctor: Doctor | None = None, step0: int = 0, desc: str = "train",
+                    precision: Precision | None = None) -> dict:
     """One pass over ``loader``; the one-cycle ``scheduler`` steps every batch. Returns loss (plain
-    cross-entropy), accuracy in %, the last LR and the global step count."""
+    cross-entropy), accuracy in %, the last LR and the global step count.
+
+    ``precision`` (default fp32) runs the forward pass under autocast; the loss is computed in fp32."""
     model.train()
+    precision = precision or Precision("fp32", device)
     total_loss, correct, seen, step = 0.0, 0, 0, step0
     lr = optimizer.param_groups[0]["lr"]
     # report plain cross-entropy, comparable with the test loss even when training uses label smoothing
     smoothed = getattr(criterion, "label_smoothing", 0.0) > 0
     bar = progress(loader, desc=desc, leave=False)
     for x, y in bar:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = precision.inputs(x), y.to(device, non_blocking=True)
         step += 1
         optimizer.zero_grad(set_to_none=True)
-        logits = model(x)  # (B, C)
+        with precision.autocast():
+            logits = model(x).float()  # (B, C), fp32 whatever the autocast dtype
         loss = criterion(logits, y)
-        loss.backward()
+        precision.backward(loss)
+        precision.unscale(optimizer)
         if doctor:
-            doctor.check_gradients(step, model)
-        optimizer.step()
+            doctor.check_gradients(step, model, overflow_expected=precision.overflow_expected)
+        precision.step(optimizer)
+        if doctor and precision.hopeless():
+            doctor.non_finite(step, f"gradients overflow even unscaled (fp16 scale {precision.scaler.get_scale():g})")
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
@@ -53,19 +62,21 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C) and targets (N,) on the CPU for a whole loader, in eval mode."""
+def predict(model: nn.Module, loader, device, precision: Precision | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C, fp32) and targets (N,) on the CPU for a whole loader, in eval mode."""
     model.eval()
+    precision = precision or Precision("fp32", device)
     outputs, targets = [], []
     for x, y in loader:
-        outputs.append(model(x.to(device, non_blocking=True)).float().cpu())
+        with precision.autocast():
+            outputs.append(model(precision.inputs(x)).float().cpu())
         targets.append(y)
     return torch.cat(outputs), torch.cat(targets)
 
 
-def evaluate(model: nn.Module, loader, device) -> dict:
+def evaluate(model: nn.Module, loader, device, precision: Precision | None = None) -> dict:
     """Mean cross-entropy over the whole test set, correct count, total and accuracy in %."""
-    logits, y = predict(model, loader, device)
+    logits, y = predict(model, loader, device, precision)
     loss = F.cross_entropy(logits, y, reduction="sum").item() / len(y)
     correct = int((logits.argmax(1) == y).sum())
     return {"loss": loss, "correct": correct, "total": len(y), "acc": 100 * correct / len(y)}
@@ -79,12 +90,14 @@ def format_test_line(metrics: dict) -> str:
 
 def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: int, scheduler=None,
         checkpoint: str | Path | None = None, resume: bool = False, doctor: Doctor | None = None,
-        log=print, extra: dict | None = None) -> list[dict]:
+        log=print, extra: dict | None = None, precision: Precision | None = None) -> list[dict]:
     """Train ``epochs`` epochs, test after each, checkpoint atomically each epoch; returns the history.
 
     With ``resume`` the model, optimizer, scheduler, history and doctor findings come back from
     ``checkpoint`` and training continues to the same final epoch. ``extra`` (plain data) is saved alongside.
+    ``precision`` (default fp32) is used for training and testing; an fp16 scaler's state is checkpointed.
     """
+    precision = precision or Precision("fp32", device)
     history, start = [], 0
     if resume:
         state = load_checkpoint(checkpoint, map_location=device)
@@ -92,6 +105,8 @@ def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: 
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
+        if state.get("precision"):
+            precision.load_state_dict(state["precision"])
         history, start = state["history"], state["epoch"]
         if doctor:
             doctor.findings = [Finding(**f) for f in state.get("health", [])]
@@ -103,9 +118,9 @@ def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: 
             train_loader.set_epoch(epoch)
         log(f"EPOCH: {epoch}")
         tr = train_one_epoch(model, train_loader, optimizer, criterion, device, scheduler, doctor, step,
-                             desc=f"epoch {epoch}/{epochs}")
+                             desc=f"epoch {epoch}/{epochs}", precision=precision)
         step = tr["steps"]
-        te = evaluate(model, test_loader, device)
+        te = evaluate(model, test_loader, device, precision)
         history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"],
                         "test_acc": te["acc"], "lr": tr["lr"], "step": step,
                         "seconds": round(time.perf_counter() - t0, 2)})
@@ -114,6 +129,6 @@ def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: 
         if checkpoint:
             atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                         "epoch": epoch, "history": history, "health": doctor.report() if doctor else [],
+                         "precision": precision.state_dict(), "epoch": epoch, "history": history, "health": doctor.report() if doctor else [],
                          "extra": extra or {}}, checkpoint)
     return history
