@@ -85,7 +85,7 @@ def _command(name: str, parameters: dict, output) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m assignments.execute",
                                 description="Run an assignment notebook headless and write it with a run note.")
-    p.add_argument("assignment", choices=["S7", "S8", "S9"])
+    p.add_argument("assignment", choices=["S7", "S8", "S9", "template"], help="the notebook assignments/NAME.ipynb")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a Python literal, e.g. EPOCHS=1")
     p.add_argument("--output", required=True, help="where to write the executed notebook")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per cell")

@@ -1,82 +1,64 @@
-"""One assignment run, step by step: the notebooks call these steps; ``python -m assignments`` calls them all.
+"""One training run, step by step: setup -> augmented samples -> summary -> LR range test -> training ->
+curves, class accuracy, confusion, mistakes, Grad-CAM -> report. The notebooks call the steps one per
+cell; ``python -m assignments`` and the tests call ``run_all()``.
 
-Every step logs to ``log.txt`` in the run's out directory and saves its figure there as a PNG.
+A run is a recipe (``utils.recipe.Recipe``: the built-in S7/S8/S9 or one made in a notebook) applied to
+a model. Every step logs to ``log.txt`` in the run's out directory, saves its figure there as a PNG and
+records its numbers in ``self.result`` (a ``utils.report.RunResult``), from which ``metrics.json`` and
+``report.md`` are written.
 """
 from __future__ import annotations
 
-import datetime as dt
-import json
+import dataclasses
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from utils.checkpoint import load_checkpoint
+from utils import plots
+from utils.checks import batch_independence, returns_log_probs
 from utils.data import CLASSES, channel_stats, load_cifar10
 from utils.doctor import Doctor
-from utils.lr import find_lr, one_cycle
+from utils.lr import LRSearch, find_lr, one_cycle
+from utils.metrics import class_accuracy, class_accuracy_table, confusion, misclassified
 from utils.precision import Precision
 from utils.progress import say
+from utils.recipe import Recipe
+from utils.report import RunResult, write_metrics, write_report
 from utils.seed import pick_device, set_seed
 from utils.summary import count_params, model_summary, summary_text
 from utils.train import fit, predict
-from utils import plots
 
-from .recipes import recipe
+from .config import RunConfig, resolve_out
+from .recipes import recipe as builtin_recipe
 
 CHECKPOINT = "checkpoint.pt"
 
 
-@dataclass
-class RunConfig:
-    """What the command line (or a notebook's parameters cell) chooses; None means the recipe's value."""
-
-    assignment: str = "S9"
-    variant: str = "spec"  # S9 only: spec | residual | prescaled | prescaled-residual
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: str = "auto"  # "auto" (range test's suggestion) or a float max LR
-    data_dir: str | None = None  # None: torchvision download into ./data
-    download: bool = True
-    out: str | None = None  # default runs/<assignment>-<timestamp>
-    device: str = "auto"
-    seed: int = 1
-    subset: int | None = None  # use N training and N test images (quick checks)
-    resume: bool = False
-    strict: bool = False  # stop at the doctor's first finding
-    workers: int | None = None  # DataLoader workers; default 0 on CPU, 2 on CUDA (Colab's cores)
-    loader: str = "classic"  # "classic" (albumentations, what the course teaches) | "fast" (data on the device)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (utils.precision: auto = what the device runs natively)
-    compile: bool = False  # torch.compile the train/test model (its compile time counts in the wall time)
-
-
 class Run:
-    """The state of one run: config, recipe, data, model, optimizer, history, figures."""
+    """``Run(assignment="S9", ...)`` for a built-in recipe, or ``Run(recipe=Recipe(...), model=net, ...)``
+    for your own model (an ``nn.Module`` or a function that builds one); keyword options are
+    :class:`assignments.config.RunConfig`'s fields (epochs, lr, data_dir, device, precision, out ...)."""
 
-    def __init__(self, config: RunConfig | None = None, **overrides):
-        self.config = config or RunConfig(**overrides)
-        c = self.config
-        self.recipe = recipe(c.assignment, c.variant)
-        if c.resume:
-            c.out = c.out or str(_latest_run(c.assignment))
-        self.device = pick_device(c.device)
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.out = Path(c.out or f"runs/{c.assignment}-{stamp}")
-        self.saved = self._saved_state() if c.resume else None
-        if self.saved:  # a resumed run keeps the schedule and data it started with
-            for key in ("epochs", "batch_size", "seed", "subset", "lr", "variant", "loader", "precision", "compile"):
-                if key in self.saved["config"]:
-                    setattr(c, key, self.saved["config"][key])
-            self.recipe = recipe(c.assignment, c.variant)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.epochs = c.epochs or self.recipe.epochs
-        self.batch_size = c.batch_size or self.recipe.batch_size
+    def __init__(self, config: RunConfig | None = None, *, recipe: Recipe | None = None,
+                 model: nn.Module | None = None, **options):
+        config = config or RunConfig(**options)
+        if recipe is None and config.assignment is None:
+            raise ValueError("Run needs assignment='S7'|'S8'|'S9' or recipe=Recipe(...) with a model")
+        self.recipe = recipe or builtin_recipe(config.assignment, config.variant)
+        self.model_source = model if model is not None else self.recipe.model
+        if self.model_source is None:
+            raise ValueError(f"Run: recipe {self.recipe.name!r} has no model; pass model=... (an nn.Module or a factory)")
+        # a resume reads its checkpoint: the schedule and data it started with; options it cannot change are named
+        self.config, self.out, self.saved, self.ignored = resolve_out(config, self.recipe.name)
+        self.device = pick_device(self.config.device)
+        self.epochs = self.config.epochs or self.recipe.epochs
+        self.batch_size = self.config.batch_size or self.recipe.batch_size
         self.t0 = time.perf_counter()
-        self.lr_search, self.max_lr, self.history, self.predictions = None, None, [], None
-        self.figures: dict[str, Path] = {}
         self.log_path = self.out / "log.txt"
+        self.predictions = None
 
     # --- logging ---------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -86,45 +68,68 @@ class Run:
             f.write(message + "\n")
 
     def _figure(self, name: str, fig):
-        self.figures[name] = plots.save(fig, self.out / f"{name}.png")
+        self.result.figures[name] = str(plots.save(fig, self.out / f"{name}.png"))
         return fig
 
     # --- steps -----------------------------------------------------------------------------------
     def setup(self) -> "Run":
-        """Seed, load data, compute the mean/std, build loaders, model, optimizer and loss."""
-        from utils.transforms import default_workers, make_loaders
-
+        """Seed, load data, compute the mean/std, build loaders, model, optimizer and loss; check the model."""
         c, r = self.config, self.recipe
         set_seed(c.seed)
         self.precision = Precision(c.precision, self.device, channels_last=r.channels_last)
-        self.log(f"{c.assignment}: {r.model} {r.model_kwargs or ''} | device {self.device} "
-                 f"({torch.cuda.get_device_name(self.device) if self.device.type == 'cuda' else 'CPU'}) | "
-                 f"precision {self.precision}{' | torch.compile' if c.compile else ''} | out {self.out}")
         data = load_cifar10(c.data_dir, download=c.download)
+        try:  # only now, so a failed setup leaves no empty run folder behind
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {self.out}: cannot create it ({e.strerror})") from None
         self.mean, self.std = channel_stats(data.train.images)
         self.train_split, self.test_split = data.train.subset(c.subset, c.seed), data.test.subset(c.subset, c.seed)
-        self.data_source = data.source + (f", subset of {c.subset}" if c.subset else "")
-        self.log(f"data: {self.data_source}: {len(self.train_split)} train / {len(self.test_split)} test images; "
+        self.train_loader, self.test_loader = self._loaders()
+        model = self.model_source if isinstance(self.model_source, nn.Module) else self.model_source()
+        self.model = model.to(self.device, memory_format=self.precision.memory_format)
+        # the compiled module shares the model's parameters; figures and the range test use the plain one
+        self.step_model = torch.compile(self.model) if c.compile else self.model
+        self.criterion = r.criterion()
+        self.result = RunResult(
+            name=r.name, model=type(self.model).__name__, params=count_params(self.model),
+            data=data.source + (f", subset of {c.subset}" if c.subset else ""), device=_device_name(self.device),
+            precision=repr(self.precision), epochs=self.epochs, assignment=c.assignment,
+            config=dataclasses.asdict(c), recipe=r.to_dict(),
+            commands=(self.saved.get("commands", []) if self.saved else []) + [_command()])
+        self.log(f"{r.name}: {self.result.model} ({self.result.params:,} parameters) | device {self.device} "
+                 f"({self.result.device}) | precision {self.precision}{' | torch.compile' if c.compile else ''} "
+                 f"| out {self.out}")
+        self.log(f"data: {self.result.data}: {len(self.train_split)} train / {len(self.test_split)} test images; "
                  f"mean {tuple(round(m, 4) for m in self.mean)} std {tuple(round(s, 4) for s in self.std)}")
+        if self.ignored:
+            self.log(f"resume: ignored {', '.join(self.ignored)}: a resumed run keeps the options it was started with")
+        self._check_model()
+        return self
+
+    def _loaders(self):
+        c, r = self.config, self.recipe
         eval_batch = max(self.batch_size, 512)
         if c.loader == "fast":
             from utils.fast_loader import make_fast_loaders
-            self.train_loader, self.test_loader = make_fast_loaders(
-                self.train_split, self.test_split, r.augment, self.mean, self.std, self.batch_size, self.device,
-                seed=c.seed, eval_batch_size=eval_batch)
-        elif c.loader == "classic":
-            workers = c.workers if c.workers is not None else default_workers(self.device.type)
-            self.train_loader, self.test_loader = make_loaders(
-                self.train_split, self.test_split, r.augment, self.mean, self.std, self.batch_size, seed=c.seed,
-                num_workers=workers, pin_memory=self.device.type == "cuda", eval_batch_size=eval_batch)
-        else:
-            raise ValueError(f"--loader must be classic or fast; got {c.loader!r}")
-        self.model = r.build_model().to(self.device, memory_format=self.precision.memory_format)
-        # the compiled module shares the model's parameters; figures and the range test use the plain one
-        self.step_model = torch.compile(self.model) if c.compile else self.model
-        self.params = count_params(self.model)
-        self.criterion = r.criterion()
-        return self
+            return make_fast_loaders(self.train_split, self.test_split, r.augment, self.mean, self.std,
+                                     self.batch_size, self.device, seed=c.seed, eval_batch_size=eval_batch)
+        from utils.transforms import default_workers, make_loaders
+        workers = c.workers if c.workers is not None else default_workers(self.device.type)
+        return make_loaders(self.train_split, self.test_split, r.augment, self.mean, self.std, self.batch_size,
+                            seed=c.seed, num_workers=workers, pin_memory=self.device.type == "cuda",
+                            eval_batch_size=eval_batch)
+
+    def _check_model(self) -> None:
+        """Per-image independence and log-probability outputs, measured on the fresh model (eval mode)."""
+        with torch.random.fork_rng(devices=[]):  # the checks draw no numbers from the run's RNG
+            mixing = batch_independence(self.model)
+            self.log_probs = returns_log_probs(self.model)
+        self.result.checks.update(batch_independence=mixing, log_probs=self.log_probs)
+        self.log(f"model check: an image's outputs alone vs in a batch of 64 differ by {mixing:.1e} (relative)"
+                 + ("; the model returns log-probabilities" if self.log_probs else ""))
+        if mixing > 1e-3:
+            self.log(f"WARNING: {self.result.model}'s outputs for one image depend on the other images in its "
+                     f"batch ({mixing:.1e}): a layer mixes images (e.g. attention over the batch dimension)")
 
     def show_augmented(self, n: int = 16):
         """A grid of training images after augmentation."""
@@ -133,57 +138,59 @@ class Run:
     def summary(self):
         """torchinfo's table of the model (printed and logged); returns the summary object."""
         s = model_summary(self.model)
-        self.summary_text = summary_text(s)
+        self.result.tables["summary"] = summary_text(s)
         with open(self.log_path, "a") as f:
-            f.write(self.summary_text + "\n")
-        print(self.summary_text)
+            f.write(self.result.tables["summary"] + "\n")
+        print(self.result.tables["summary"])
         return s
 
     def find_lr(self):
         """LR range test (``lr="auto"``) or the given max LR; returns the range-test figure (or None)."""
         c, r = self.config, self.recipe
-        if self.saved:
-            self.max_lr = self.saved["max_lr"]
-            self.log(f"max LR {self.max_lr:.3e} (from the checkpoint)")
-            return None
+        if self.saved:  # the range test of the run's start, redrawn for the report
+            self.result.max_lr, self.result.lr_search = self.saved["max_lr"], self.saved.get("lr_search")
+            self.log(f"max LR {self.result.max_lr:.3e} (from the checkpoint)")
+            search = self.result.lr_search
+            return self._figure("lr_range_test", plots.lr_figure(LRSearch(**search))) if search else None
         if c.lr != "auto":
-            try:
-                self.max_lr = float(c.lr)
-            except ValueError:
-                raise ValueError(f"--lr must be 'auto' or a number; got {c.lr!r}") from None
-            self.log(f"max LR {self.max_lr:.3e} (given)")
+            self.result.max_lr = float(c.lr)
+            self.log(f"max LR {self.result.max_lr:.3e} (given)")
             return None
-        self.lr_search = find_lr(self.model, r.make_optimizer, self.criterion, self.train_loader, self.device,
-                                 end_lr=r.lr_end, num_iter=r.lr_iters, precision=self.precision)
-        self.max_lr = self.lr_search.suggested_lr * r.lr_scale
-        scaled = f" x {r.lr_scale:.3g} (the recipe's lr_scale) = {self.max_lr:.3e}" if r.lr_scale != 1 else ""
+        search = find_lr(self.model, r.make_optimizer, self.criterion, self.train_loader, self.device,
+                         end_lr=r.lr_end, num_iter=r.lr_iters, precision=self.precision)
+        self.result.lr_search = dataclasses.asdict(search)
+        self.result.max_lr = search.suggested_lr * r.lr_scale
+        scaled = f" x {r.lr_scale:.3g} (the recipe's lr_scale) = {self.result.max_lr:.3e}" if r.lr_scale != 1 else ""
         self.log(f"LR range test ({r.lr_iters} steps on the training set): suggested max LR "
-                 f"{self.lr_search.suggested_lr:.3e} (steepest descent){scaled}; loss minimum at "
-                 f"{self.lr_search.min_loss_lr:.3e}")
-        return self._figure("lr_range_test", self.lr_search.figure)
+                 f"{search.suggested_lr:.3e} (steepest descent){scaled}; loss minimum at {search.min_loss_lr:.3e}")
+        return self._figure("lr_range_test", plots.lr_figure(search))
 
     def train(self) -> list[dict]:
         """One-cycle training with the doctor watching; checkpoint every epoch; returns the history."""
-        c, r = self.config, self.recipe
-        if self.max_lr is None:
+        c, r, res = self.config, self.recipe, self.result
+        if res.max_lr is None:
             self.find_lr()
-        optimizer = r.make_optimizer(self.model.parameters(), self.max_lr / r.div_factor)
-        scheduler = one_cycle(optimizer, self.max_lr, self.epochs, len(self.train_loader), r.peak_epoch, r.div_factor)
+        optimizer = r.make_optimizer(self.model.parameters(), res.max_lr / r.div_factor)
+        scheduler = one_cycle(optimizer, res.max_lr, self.epochs, len(self.train_loader), r.peak_epoch, r.div_factor)
         self.doctor = Doctor(num_classes=len(CLASSES), strict=c.strict, log=self.log)
-        if self.lr_search:
-            self.doctor.check_schedule(self.max_lr, self.lr_search.suggested_lr, self.lr_search.min_loss_lr)
-        self.log(f"one-cycle: {self.max_lr / r.div_factor:.3e} -> {self.max_lr:.3e} at epoch "
+        if res.lr_search:
+            self.doctor.check_schedule(res.max_lr, res.lr_search["suggested_lr"], res.lr_search["min_loss_lr"])
+        self.log(f"one-cycle: {res.max_lr / r.div_factor:.3e} -> {res.max_lr:.3e} at epoch "
                  f"{min(r.peak_epoch, self.epochs / 2):g} -> linear anneal over {self.epochs} epochs; "
                  f"{r.optimizer} wd {r.weight_decay}, batch {self.batch_size}")
-        extra = {"config": asdict(c), "max_lr": self.max_lr, "recipe": r.to_dict()}
+        def extra():  # saved with every epoch's checkpoint, for --resume
+            return {"config": res.config, "max_lr": res.max_lr, "lr_search": res.lr_search, "recipe": res.recipe,
+                    "commands": res.commands, "wall_seconds": self._wall()}
+
         try:
-            self.history = fit(self.step_model, self.train_loader, self.test_loader, optimizer, self.criterion,
-                               self.device, self.epochs, scheduler, checkpoint=self.out / CHECKPOINT,
-                               resume=bool(self.saved), doctor=self.doctor, log=self.log, extra=_plain(extra),
-                               precision=self.precision)
+            res.history = fit(self.step_model, self.train_loader, self.test_loader, optimizer, self.criterion,
+                              self.device, self.epochs, scheduler, checkpoint=self.out / CHECKPOINT,
+                              resume=bool(self.saved), doctor=self.doctor, log=self.log, extra=extra,
+                              precision=self.precision)
         finally:
+            res.health = self.doctor.report()
             self.write_metrics()
-        return self.history
+        return res.history
 
     def predict(self):
         """Logits and targets over the whole test set (cached)."""
@@ -192,52 +199,48 @@ class Run:
         return self.predictions
 
     def curves(self):
-        return self._figure("curves", plots.curves(self.history))
+        return self._figure("curves", plots.curves(self.result.history))
 
     def class_accuracy(self):
         """Prints and logs the table over the whole test set; returns the bar chart."""
         logits, y = self.predict()
-        rows = plots.class_accuracy(logits.argmax(1), y)
-        self.class_table = plots.class_accuracy_table(rows)
-        self.log(self.class_table)
+        rows = class_accuracy(logits.argmax(1), y)
+        self.result.tables["class_accuracy"] = class_accuracy_table(rows)
+        self.log(self.result.tables["class_accuracy"])
         return self._figure("class_accuracy", plots.class_accuracy_figure(rows))
 
     def confusion(self):
         logits, y = self.predict()
-        return self._figure("confusion", plots.confusion_figure(plots.confusion(logits.argmax(1), y)))
-
-    def _test_images(self, indices: list[int]) -> torch.Tensor:
-        """Normalised test images (k, 3, 32, 32) for test-set ``indices``."""
-        return torch.stack([self.test_loader.dataset[i][0] for i in indices])
+        return self._figure("confusion", plots.confusion_figure(confusion(logits.argmax(1), y)))
 
     def misclassified(self, n: int = 10):
         """The ``n`` most confident mistakes on the test set."""
         logits, y = self.predict()
-        self.mistakes = plots.misclassified(logits, y, n)
-        images = plots.denormalize(self._test_images(self.mistakes), self.mean, self.std) if self.mistakes else None
-        fig = plots.misclassified_figure(images, logits, y, self.mistakes)
-        return self._figure("misclassified", fig)
+        idx = misclassified(logits, y, n)
+        images = plots.denormalize(self.test_split.normalized(idx, self.mean, self.std), self.mean, self.std)
+        return self._figure("misclassified", plots.misclassified_figure(images, logits, y, idx))
 
     def gradcam(self, n: int = 10, layer: str | None = None):
         """Grad-CAM of the predicted and the actual class on the ``n`` most confident mistakes."""
-        from utils.gradcam import default_target_layer, gradcam_figure, gradcam_maps
+        from utils.gradcam import cam_target, default_target_layer, gradcam_figure, gradcam_maps
 
         logits, y = self.predict()
-        idx = plots.misclassified(logits, y, n)
-        layer = layer or default_target_layer(self.model)
+        idx = misclassified(logits, y, n)
         if not idx:
             self.log("Grad-CAM: no misclassified images")
             return None
-        x = self._test_images(idx)
+        layer = layer or default_target_layer(self.model)
+        target = cam_target(self.model, self.log_probs)
+        self.result.checks.update(gradcam_layer=layer, gradcam_target=target)
+        x = self.test_split.normalized(idx, self.mean, self.std)
         pred, actual = [int(logits[i].argmax()) for i in idx], [int(y[i]) for i in idx]
-        fig = gradcam_figure(plots.denormalize(x, self.mean, self.std), gradcam_maps(self.model, x, pred, layer),
-                             gradcam_maps(self.model, x, actual, layer), actual, pred, layer)
+        maps = [gradcam_maps(self.model, x, classes, layer, self.log_probs) for classes in (pred, actual)]
+        fig = gradcam_figure(plots.denormalize(x, self.mean, self.std), *maps, actual, pred, layer, target=target)
         return self._figure("gradcam", fig)
 
     def verdict(self) -> str:
-        """The training doctor's findings in plain words (logged), or that the run looked healthy."""
-        findings = self.doctor.report() if hasattr(self, "doctor") else []
-        text = "\n".join(f"step {f['step']}: {f['kind']}: {f['message']}" for f in findings) or (
+        """The training doctor's findings in plain words (logged), or that it found nothing."""
+        text = "\n".join(f"step {f['step']}: {f['kind']}: {f['message']}" for f in self.result.health) or (
             "Training doctor: no finding (no collapse, divergence, vanishing signal or non-finite value).")
         self.log(text)
         return text
@@ -249,55 +252,65 @@ class Run:
         print("\n".join(f"{p}  ({p.stat().st_size:,} bytes)" for p in paths))
         return paths
 
+    def run_all(self) -> int:
+        """Every step in order, as ``python -m assignments`` runs them; 0, or 2 if the doctor stopped the run."""
+        from utils.doctor import TrainingStopped
+
+        self.setup()
+        self.show_augmented()
+        self.summary()
+        self.find_lr()
+        stopped = None
+        try:
+            self.train()
+        except TrainingStopped as e:
+            stopped = e
+            self.log(f"STOPPED: {e}; the last good checkpoint is {self.out / CHECKPOINT}")
+        if self.result.history:
+            self.curves()
+            self.class_accuracy()
+            self.confusion()
+            self.misclassified(self.config.gallery)
+            self.gradcam(self.config.gallery)
+        self.log(f"wrote {self.report()} and metrics.json, log.txt, checkpoint.pt, *.png in {self.out}")
+        return 2 if stopped else 0
+
     # --- results ---------------------------------------------------------------------------------
-    def metrics(self) -> dict:
-        h = self.history
-        return {
-            "assignment": self.config.assignment, "model": self.recipe.model, "variant": self.config.variant,
-            "params": self.params, "epochs": self.epochs, "history": h,
-            "final_test_acc": h[-1]["test_acc"] if h else None,
-            "best_test_acc": max((e["test_acc"] for e in h), default=None),
-            "data": self.data_source, "device": _device_name(self.device),
-            "precision": repr(self.precision), "compile": self.config.compile,
-            "wall_seconds": round(time.perf_counter() - self.t0, 1),
-            "max_lr": self.max_lr,
-            "lr_search": {"suggested_lr": self.lr_search.suggested_lr, "min_loss_lr": self.lr_search.min_loss_lr}
-            if self.lr_search else None,
-            "health": self.doctor.report() if hasattr(self, "doctor") else [],
-            "recipe": self.recipe.to_dict(), "config": asdict(self.config),
-            "command": "python -m assignments " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else None,
-            "date": dt.date.today().isoformat(), "torch": torch.__version__,
-        }
+    @property
+    def history(self) -> list[dict]:
+        return self.result.history
+
+    @property
+    def figures(self) -> dict[str, str]:
+        return self.result.figures
+
+    @property
+    def max_lr(self) -> float | None:
+        return self.result.max_lr
+
+    def _wall(self) -> float:
+        """Seconds of this process's run plus those of the runs it resumes."""
+        before = self.saved.get("wall_seconds", 0.0) if self.saved else 0.0
+        return round(before + time.perf_counter() - self.t0, 1)
 
     def write_metrics(self) -> Path:
-        path = self.out / "metrics.json"
-        path.write_text(json.dumps(_plain(self.metrics()), indent=1))
-        return path
+        self.result.wall_seconds = self._wall()
+        return write_metrics(self.result, self.out)
 
     def report(self) -> Path:
-        """Write report.md (what a student pastes on the assignment page)."""
-        from utils.report import write_report
-
+        """Write metrics.json and report.md (what a student pastes on the assignment page)."""
         self.write_metrics()
-        return write_report(self)
-
-    def _saved_state(self) -> dict:
-        state = load_checkpoint(self.out / CHECKPOINT)
-        return state["extra"]
+        log_text = self.log_path.read_text() if self.log_path.exists() else ""
+        return write_report(self.result, self.out, log_text)
 
 
-def _plain(obj):
-    """JSON-safe copy (tuples -> lists, paths -> str)."""
-    return json.loads(json.dumps(obj, default=str))
+def _command() -> str:
+    """The command line of this process (``python -m assignments ...`` or the notebook kernel's)."""
+    if sys.argv and sys.argv[0].endswith("__main__.py"):
+        return "python -m assignments " + " ".join(sys.argv[1:])
+    return "Python API (a notebook or script)"
 
 
 def _device_name(device: torch.device) -> str:
     n = torch.get_num_threads()
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({n} thread{'s' * (n != 1)})"
-
-
-def _latest_run(assignment: str) -> Path:
-    runs = sorted(Path("runs").glob(f"{assignment}-*"))
-    if not runs:
-        raise FileNotFoundError(f"--resume: no runs/{assignment}-* directory; pass --out DIR of the run to resume")
-    return runs[-1]

@@ -11,7 +11,8 @@ from assignments.recipes import recipe
 from utils.data import channel_stats
 from utils.fast_loader import augment_batch, make_fast_loaders
 from utils.train import train_one_epoch
-from utils.transforms import default_workers, make_loaders, mean_pixel
+from utils.augment import mean_pixel
+from utils.transforms import default_workers, make_loaders
 
 
 def kornia_comparison(images: torch.Tensor, spec, mean, sync) -> None:
@@ -52,7 +53,7 @@ def main():
                               pin_memory=device.type == "cuda")
     fast, _ = make_fast_loaders(data.train, data.test, r.augment, mean, std, r.batch_size, device, seed=0)
     torch.manual_seed(0)
-    model = r.build_model().to(device)
+    model = r.model().to(device)
     opt = r.make_optimizer(model.parameters(), 1e-3)
     crit = r.criterion()
     epoch = lambda loader: train_one_epoch(model, loader, opt, crit, device)  # noqa: E731

@@ -26,7 +26,7 @@ def main():
     loader, _ = make_loaders(data.train, data.test, r.augment, mean, std, r.batch_size, seed=0)
     batches = [(x.to(device), y.to(device)) for x, y in loader]  # ready tensors for the bare step
     torch.manual_seed(0)
-    model = r.build_model().to(device)
+    model = r.model().to(device)
     opt = r.make_optimizer(model.parameters(), 1e-3)
     crit = r.criterion()
 

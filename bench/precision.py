@@ -45,7 +45,7 @@ def main():
     for name, (prec, channels_last, compiled) in modes.items():
         torch.manual_seed(0)
         pr = Precision(prec, device, channels_last=channels_last)
-        model = r.build_model().to(device, memory_format=pr.memory_format)
+        model = r.model().to(device, memory_format=pr.memory_format)
         step_model = torch.compile(model) if compiled else model
         opt = r.make_optimizer(model.parameters(), 1e-3)
         crit = r.criterion()

@@ -63,6 +63,16 @@ def test_resume_after_a_crash_matches_the_straight_run(batches_dir, tmp_path):
     hist = lambda d: [{k: v for k, v in e.items() if k != "seconds"}  # noqa: E731
                       for e in json.loads((tmp_path / d / "metrics.json").read_text())["history"]]
     assert hist("crashed") == hist("straight") and len(hist("straight")) == 2
+    resumed = json.loads((tmp_path / "crashed" / "metrics.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert len(resumed["commands"]) == 2 and resumed["commands"][1].endswith("--resume")  # both commands kept
+    assert resumed["max_lr"] == straight["max_lr"]
+
+    # resuming resolves a config of its own: the caller's stays as given, ignored options are named
+    from assignments.config import RunConfig
+    mine = RunConfig(assignment="S9", out=str(tmp_path / "crashed"), resume=True, epochs=7)
+    run = Run(mine)
+    assert mine.epochs == 7 and run.config.epochs == 2 and run.ignored == ["epochs=7"]
 
 
 def test_resume_without_a_checkpoint_is_one_line(tmp_path):
@@ -72,15 +82,50 @@ def test_resume_without_a_checkpoint_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--data-dir", "/no/such/dir"], "error: --data-dir /no/such/dir: no such directory"),
-    (["--lr", "fast"], "must be 'auto' or a positive number"),
-    (["--epochs", "0"], "must be a positive integer"),
-    (["--variant", "sideways"], "error: --variant must be one of"),
 ])
-def test_bad_input_is_one_line_and_a_nonzero_exit(args, message, tmp_path):
+def test_bad_data_is_one_line_and_exit_1(args, message, tmp_path):
     p = cli("S9", *args, "--out", tmp_path / "o", "--no-download")
-    assert p.returncode != 0
-    assert message in p.stderr
+    assert p.returncode == 1 and p.stderr.startswith(message) and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # a failed setup leaves no run folder behind
+
+
+@pytest.mark.parametrize("assignment, args, message", [
+    ("S9", ["--lr", "fast"], "argument --lr: must be 'auto' or a positive finite number; got 'fast'"),
+    ("S9", ["--lr", "nan"], "argument --lr: must be 'auto' or a positive finite number; got 'nan'"),
+    ("S9", ["--lr", "inf"], "argument --lr: must be 'auto' or a positive finite number; got 'inf'"),
+    ("S9", ["--epochs", "0"], "argument --epochs: must be a positive integer; got '0'"),
+    ("S9", ["--seed", "-1"], "argument --seed: must be a non-negative integer; got '-1'"),
+    ("S9", ["--variant", "sideways"], "argument --variant: invalid choice: 'sideways'"),
+])
+def test_bad_options_get_usage_and_one_line_naming_the_option_exit_2(assignment, args, message, tmp_path):
+    p = cli(assignment, *args, "--out", tmp_path / "o", "--no-download")
+    assert p.returncode == 2 and p.stderr.startswith("usage:") and message in p.stderr.splitlines()[-1]
     assert "Traceback" not in p.stderr
+
+
+def test_variant_belongs_to_s9(tmp_path):
+    p = cli("S8", "--variant", "residual", "--out", tmp_path / "o", "--no-download")
+    assert p.returncode == 1 and "--variant is S9's option" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_out_that_is_a_file_or_holds_a_run_is_refused_in_one_line(tmp_path, batches_dir):
+    (tmp_path / "file").write_text("mine")
+    for out in (tmp_path / "file", tmp_path / "file" / "below"):
+        p = cli("S9", "--out", out, "--no-download")
+        assert p.returncode == 1 and p.stderr.startswith(f"error: --out {out}: ") and "is a file" in p.stderr
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "metrics.json").write_text("{}")
+    p = cli("S9", "--data-dir", batches_dir, "--out", held, "--device", "cpu")
+    assert p.returncode == 1 and "already holds a run; continue it with --resume" in p.stderr
+    assert (held / "metrics.json").read_text() == "{}" and (tmp_path / "file").read_text() == "mine"  # nothing lost
+
+
+def test_a_run_too_short_for_one_cycle_is_one_line(batches_dir, tmp_path):
+    p = cli("S9", "--data-dir", batches_dir, "--subset", 64, "--batch-size", 32, "--epochs", 1, "--lr", "0.01",
+            "--device", "cpu", "--out", tmp_path / "o")
+    assert p.returncode == 1 and "one-cycle needs at least 3 training steps; this run has 2" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_class_folder_is_reported_without_a_traceback(tmp_path):

@@ -9,7 +9,8 @@ from PIL import Image
 
 from synthetic import colour_task, write_batches
 from utils.data import CLASSES, DataError, ImageSplit, channel_stats, load_cifar10
-from utils.transforms import AUGMENTS, AugmentSpec, make_loaders, mean_pixel, eval_transform, train_transform
+from utils.augment import AUGMENTS, AugmentSpec, mean_pixel
+from utils.transforms import make_loaders, eval_transform, train_transform
 
 
 def test_channel_stats_known_answer():

@@ -9,7 +9,7 @@ import pytest
 from assignments.execute import execute_notebook
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["S7", "S8", "S9"]
+NOTEBOOKS = ["S7", "S8", "S9", "template"]
 
 
 DEFAULTS = {"DATA_DIR": None, "DEVICE": "auto", "OUT": None}
@@ -47,6 +47,16 @@ def assert_colab_clean(nb, name):
         assert noted and noted.group(1) == printed[-1], f"{name}: note {noted and noted.group(1)} vs outputs {printed[-1]}"
         epochs = re.search(r"(\d+) epochs", notes[0].source)
         assert epochs and int(epochs.group(1)) == len(re.findall(r"^EPOCH: \d+", text, flags=re.M))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_cell_defaults_are_the_run_config_defaults(name):
+    from assignments.config import RunConfig
+
+    params = parameters(nbformat.read(REPO / "assignments" / f"{name}.ipynb", as_version=4))
+    defaults = RunConfig()
+    for key, value in params.items():
+        assert value is None or value == getattr(defaults, key.lower()), f"{name}: {key} = {value!r}"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

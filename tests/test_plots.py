@@ -3,6 +3,8 @@ import gc
 import json
 import tracemalloc
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,26 +13,19 @@ from PIL import Image
 from assignments.run import Run
 from models import ResNet18, TransformerUltimus
 from utils import plots
-from utils.gradcam import conv_output_sizes, default_target_layer, gradcam_maps
+from utils import metrics
+from utils.gradcam import block_output_sizes, default_target_layer, gradcam_maps
 
 
 @pytest.fixture(scope="module")
 def tiny_run(folder_dir, tmp_path_factory):
     run = Run(assignment="S9", data_dir=str(folder_dir), epochs=2, batch_size=32, lr="3e-3", device="cpu",
-              out=str(tmp_path_factory.mktemp("run")), seed=0).setup()
-    run.show_augmented()
-    run.summary()
-    run.find_lr()
-    run.train()
-    for step in (run.curves, run.class_accuracy, run.confusion):
-        step()
-    run.misclassified(10)
-    run.gradcam(4)
-    run.report()
+              out=str(tmp_path_factory.mktemp("run") / "r"), seed=0, gallery=4)
+    assert run.run_all() == 0
     return run
 
 
-EXPECTED_PANELS = {"augmented": 16, "curves": 2, "class_accuracy": 1, "confusion": 2, "misclassified": 10, "gradcam": 12}
+EXPECTED_PANELS = {"augmented": 16, "curves": 2, "class_accuracy": 1, "confusion": 2, "misclassified": 4, "gradcam": 12}
 
 
 def test_every_png_exists_and_decodes(tiny_run):
@@ -44,8 +39,8 @@ def test_every_png_exists_and_decodes(tiny_run):
 def test_figures_have_the_expected_panels(tiny_run):
     logits, y = tiny_run.predict()
     assert len(plots.curves(tiny_run.history).axes) == 2
-    assert len(plots.class_accuracy_figure(plots.class_accuracy(logits.argmax(1), y)).axes) == 1
-    assert len(plots.confusion_figure(plots.confusion(logits.argmax(1), y)).axes) == 2  # matrix + colour bar
+    assert len(plots.class_accuracy_figure(metrics.class_accuracy(logits.argmax(1), y)).axes) == 1
+    assert len(plots.confusion_figure(metrics.confusion(logits.argmax(1), y)).axes) == 2  # matrix + colour bar
     fig = plots.augmented_samples(tiny_run.train_loader, tiny_run.mean, tiny_run.std, n=16)
     assert sum(ax.has_data() for ax in fig.axes) == 16
 
@@ -53,9 +48,9 @@ def test_figures_have_the_expected_panels(tiny_run):
 def test_class_table_sums_to_the_test_set_and_confusion_diagonal_is_the_correct_count(tiny_run):
     logits, y = tiny_run.predict()
     preds = logits.argmax(1)
-    rows = plots.class_accuracy(preds, y)
+    rows = metrics.class_accuracy(preds, y)
     assert len(rows) == 10 and sum(r["total"] for r in rows) == len(y) == 50
-    cm = plots.confusion(preds, y)
+    cm = metrics.confusion(preds, y)
     assert cm.sum() == len(y) and np.trace(cm) == int((preds == y).sum()) == sum(r["correct"] for r in rows)
     assert tiny_run.history[-1]["test_acc"] == pytest.approx(100 * np.trace(cm) / len(y))
 
@@ -63,12 +58,12 @@ def test_class_table_sums_to_the_test_set_and_confusion_diagonal_is_the_correct_
 def test_gallery_holds_only_mistakes_most_confident_first():
     torch.manual_seed(0)
     logits, y = torch.randn(200, 10), torch.randint(0, 10, (200,))
-    idx = plots.misclassified(logits, y, n=20)
+    idx = metrics.misclassified(logits, y, n=20)
     probs = torch.softmax(logits, 1)
     assert len(idx) == 20 and all(int(logits[i].argmax()) != int(y[i]) for i in idx)
     conf = [float(probs[i].max()) for i in idx]
     assert conf == sorted(conf, reverse=True)
-    assert idx == plots.misclassified(logits, y, n=20)  # deterministic
+    assert idx == metrics.misclassified(logits, y, n=20)  # deterministic
     fig = plots.misclassified_figure(np.zeros((20, 32, 32, 3)), logits, y, idx)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     from utils.data import CLASSES
@@ -79,7 +74,7 @@ def test_gallery_holds_only_mistakes_most_confident_first():
 def test_log_probability_models_get_the_same_gallery():
     torch.manual_seed(0)
     logits, y = torch.randn(100, 10) * 3, torch.randint(0, 10, (100,))
-    assert plots.misclassified(torch.log_softmax(logits, 1), y) == plots.misclassified(logits, y)
+    assert metrics.misclassified(torch.log_softmax(logits, 1), y) == metrics.misclassified(logits, y)
 
 
 def test_gradcam_maps_have_input_size_unit_range_and_depend_on_the_class():
@@ -87,7 +82,7 @@ def test_gradcam_maps_have_input_size_unit_range_and_depend_on_the_class():
     model = ResNet18().train()
     x = torch.randn(2, 3, 32, 32)
     layer = default_target_layer(model)
-    assert layer.startswith("layer3")  # 8x8: the last conv not smaller than about 5px
+    assert layer == "layer3"  # 8x8, the block's output after its skip connections; layer4 is 4x4
     maps_a = gradcam_maps(model, x, [0, 0], layer)
     maps_b = gradcam_maps(model, x, [5, 5], layer)
     assert maps_a.shape == (2, 32, 32) and maps_a.min() >= 0 and maps_a.max() <= 1
@@ -97,8 +92,8 @@ def test_gradcam_maps_have_input_size_unit_range_and_depend_on_the_class():
 
 def test_default_layer_for_model9_and_any_named_layer():
     model = TransformerUltimus()
-    assert default_target_layer(model) == "convs.2.0"
-    assert [s[1:] for s in conv_output_sizes(model)] == [(32, 32)] * 3
+    assert default_target_layer(model) == "convs"  # the conv stack's output, 32x32
+    assert [s for s in block_output_sizes(model) if s[0] in ("convs", "gap")] == [("convs", 32, 32), ("gap", 1, 1)]
     maps = gradcam_maps(model, torch.randn(1, 3, 32, 32), [3], "convs.1.0")
     assert maps.shape == (1, 32, 32)
 
@@ -125,12 +120,12 @@ def test_no_figure_stays_open_over_a_loop_of_50():
 def test_a_collapsed_run_still_gets_its_figures(tmp_path):
     logits = torch.zeros(50, 10)  # constant outputs: every prediction is class 0
     y = torch.arange(50) % 10
-    cm = plots.confusion(logits.argmax(1), y)
+    cm = metrics.confusion(logits.argmax(1), y)
     assert (cm[:, 1:] == 0).all() and cm[:, 0].sum() == 50
     plots.save(plots.confusion_figure(cm), tmp_path / "c.png")
-    rows = plots.class_accuracy(logits.argmax(1), y)
+    rows = metrics.class_accuracy(logits.argmax(1), y)
     plots.save(plots.class_accuracy_figure(rows), tmp_path / "a.png")
-    idx = plots.misclassified(logits, y, 10)
+    idx = metrics.misclassified(logits, y, 10)
     plots.save(plots.misclassified_figure(np.zeros((len(idx), 32, 32, 3)), logits, y, idx), tmp_path / "m.png")
     model = TransformerUltimus()
     torch.nn.init.zeros_(model.fc.weight)  # collapsed: the CAM has nothing to show
@@ -141,7 +136,7 @@ def test_a_collapsed_run_still_gets_its_figures(tmp_path):
 def test_report_links_every_figure_and_carries_the_log(tiny_run):
     text = (tiny_run.out / "report.md").read_text()
     for name, path in tiny_run.figures.items():
-        assert f"]({path.name})" in text
+        assert f"]({Path(path).name})" in text
     assert "Test set: Average loss:" in text and "Total params: 25,680" in text and "| trainable parameters | 25,680 |" in text
     metrics = json.loads((tiny_run.out / "metrics.json").read_text())
     assert metrics["params"] == 25_680 and len(metrics["history"]) == 2

@@ -12,7 +12,8 @@ from utils.checkpoint import atomic_save, load_checkpoint
 from utils.lr import one_cycle
 from utils.seed import set_seed
 from utils.train import evaluate, fit, format_test_line
-from utils.transforms import AUGMENTS, make_loaders
+from utils.augment import AUGMENTS
+from utils.transforms import make_loaders
 from utils.data import channel_stats
 
 
@@ -24,7 +25,7 @@ def loaders(data, batch=32, seed=0):
 def s9_setup(data, epochs, seed=0, max_lr=5e-3, batch=32):
     set_seed(seed)
     r = recipe("S9")
-    model = r.build_model()
+    model = r.model()
     train_loader, test_loader = loaders(data, batch, seed)
     opt = r.make_optimizer(model.parameters(), max_lr / r.div_factor)
     sched = one_cycle(opt, max_lr, epochs, len(train_loader), r.peak_epoch, r.div_factor)

@@ -1,4 +1,34 @@
-"""The course library: data, training, LR search, plots, Grad-CAM, summary, training doctor.
+"""The course library: data, augmentation, training, LR search, precision, checks, metrics, figures,
+Grad-CAM, summary, the training doctor and the report.
 
-Import the submodules you need (``from utils.data import load_cifar10``); importing has no side effects.
+The main names are importable from here (``from utils import Recipe, fit, gradcam_figure``); each is
+loaded on first use, so ``import utils`` stays light and has no side effects.
 """
+from importlib import import_module
+
+_EXPORTS = {
+    "augment": ["AUGMENTS", "AugmentSpec"],
+    "checks": ["batch_independence", "logits_view", "returns_log_probs"],
+    "data": ["CLASSES", "CifarData", "DataError", "ImageSplit", "channel_stats", "load_cifar10"],
+    "doctor": ["Doctor", "TrainingStopped"],
+    "gradcam": ["cam_target", "default_target_layer", "gradcam_figure", "gradcam_maps"],
+    "lr": ["LRSearch", "find_lr", "one_cycle"],
+    "metrics": ["class_accuracy", "class_accuracy_table", "confusion", "misclassified"],
+    "plots": ["augmented_samples", "class_accuracy_figure", "confusion_figure", "curves", "denormalize",
+              "lr_figure", "misclassified_figure", "save"],
+    "precision": ["Precision", "resolve_precision"],
+    "recipe": ["Recipe"],
+    "report": ["RunResult", "write_metrics", "write_report"],
+    "seed": ["pick_device", "set_seed"],
+    "summary": ["count_params", "model_summary", "summary_text"],
+    "train": ["evaluate", "fit", "predict", "train_one_epoch"],
+    "transforms": ["make_loaders"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'utils' has no attribute {name!r}")
+    return getattr(import_module(f".{_WHERE[name]}", __name__), name)

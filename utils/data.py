@@ -33,6 +33,13 @@ class ImageSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def normalized(self, indices: list[int], mean, std):
+        """Items ``indices`` as the test loaders give them: float (k, 3, 32, 32), ``(x / 255 - mean) / std``."""
+        import torch
+
+        x = torch.from_numpy(self.images[list(indices)]).permute(0, 3, 1, 2).float() / 255  # (k, 3, 32, 32)
+        return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
     def subset(self, n: int | None, seed: int = 0) -> "ImageSplit":
         """A random (seeded) subset of ``n`` items; the whole split when ``n`` is None or too large."""
         if n is None or n >= len(self):

@@ -12,7 +12,7 @@ import math
 import torch
 
 from .data import ImageSplit
-from .transforms import AugmentSpec, mean_pixel
+from .augment import AugmentSpec, mean_pixel
 
 
 def augment_batch(x: torch.Tensor, spec: AugmentSpec, fill: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -44,19 +44,6 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, fill: torch.Tensor, gen: t
     return x
 
 
-class _Items:
-    """``loader.dataset[i]`` -> (normalised image, label), as the albumentations dataset gives."""
-
-    def __init__(self, loader: "GpuLoader"):
-        self.loader = loader
-
-    def __len__(self) -> int:
-        return len(self.loader.labels)
-
-    def __getitem__(self, i: int):
-        return self.loader.normalise(self.loader.images[i:i + 1])[0].cpu(), int(self.loader.labels[i])
-
-
 class GpuLoader:
     """Batches of a split held on ``device``; ``train`` shuffles and augments, otherwise in order and plain.
 
@@ -73,7 +60,6 @@ class GpuLoader:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
         self.gen = torch.Generator(device=self.device)
-        self.dataset = _Items(self)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:

@@ -1,28 +1,31 @@
 """Grad-CAM on misclassified images through the grad-cam package (the library the course uses).
 
-S7: "use GradCAM on a layer that is not smaller than about 5px": by default the last
-convolution whose output is at least 8x8. Any layer can be named (``"layer3"``, ``"convs.2.0"``).
+S7: "use GradCAM on a layer that is not smaller than about 5px": by default the output of the last
+block whose output is at least 8x8. Any layer can be named (``"layer3"``, ``"convs.2.0"``).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from .checks import logits_view
 from .data import CLASSES
 
 
-def conv_output_sizes(model: nn.Module, input_size=(1, 3, 32, 32)) -> list[tuple[str, int, int]]:
-    """(name, H, W) of every Conv2d output in forward order, from one dummy pass.
-
-    The model's mode, device and BatchNorm statistics are left as they were (eval + no_grad).
-    """
+def block_output_sizes(model: nn.Module, input_size=(1, 3, 32, 32)) -> list[tuple[str, int, int]]:
+    """(name, H, W) of every module with a 4-D output, in the order the outputs are produced (a block
+    after the layers inside it), from one dummy pass; mode, device and BatchNorm statistics are left alone."""
     device = next(model.parameters()).device
     sizes, hooks = [], []
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(lambda _m, _i, out, name=name: sizes.append((name, *out.shape[-2:]))))
+        if name:
+            hooks.append(m.register_forward_hook(
+                lambda _m, _i, out, name=name: sizes.append((name, *out.shape[-2:]))
+                if isinstance(out, torch.Tensor) and out.dim() == 4 else None))
     was_training = model.training
     try:
         model.eval()
@@ -36,16 +39,40 @@ def conv_output_sizes(model: nn.Module, input_size=(1, 3, 32, 32)) -> list[tuple
 
 
 def default_target_layer(model: nn.Module, min_size: int = 8, input_size=(1, 3, 32, 32)) -> str:
-    """Name of the last convolution whose output is at least ``min_size`` x ``min_size``."""
-    big = [name for name, h, w in conv_output_sizes(model, input_size) if min(h, w) >= min_size]
-    if not big:
-        raise ValueError(f"{type(model).__name__} has no convolution with an output of at least {min_size}x{min_size}")
-    return big[-1]
+    """The output of the last block (a module with sub-modules) whose output is at least ``min_size`` x
+    ``min_size``: ResNet18's ``layer3`` (after its skip connections), not a convolution inside it. A model
+    built of single layers only (one ``nn.Sequential``) gets its last such layer."""
+    sizes = [(name, h, w) for name, h, w in block_output_sizes(model, input_size) if min(h, w) >= min_size]
+    blocks = [name for name, _, _ in sizes if any(True for _ in model.get_submodule(name).children())]
+    names = blocks or [name for name, _, _ in sizes]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no layer with an output of at least {min_size}x{min_size}")
+    return names[-1]
 
 
-def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: list[int], layer: str | None = None) -> np.ndarray:
+def cam_target(model: nn.Module, log_probs: bool) -> str:
+    """What Grad-CAM targets for ``model``: its class score, or for a model returning log-probabilities the
+    class score before its ``log_softmax`` (bypassed) or, when none can be bypassed, the log-probability."""
+    if not log_probs:
+        return "class score (logit)"
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), logits_view() as mode:
+            model(torch.zeros(1, 3, 32, 32, device=device))
+    finally:
+        model.train(was_training)
+    return ("class score before the model's log_softmax" if mode.skipped else
+            "log-probability (the model's log_softmax could not be bypassed)")
+
+
+def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: list[int], layer: str | None = None,
+                 log_probs: bool = False) -> np.ndarray:
     """Grad-CAM maps (N, H, W) in [0, 1] of ``images`` (normalised, N x 3 x H x W) for one class each.
 
+    With ``log_probs`` (a model ending in ``log_softmax``) the target is the class score before the
+    softmax (:func:`utils.checks.logits_view`), so the maps equal those of the same net returning logits.
     grad-cam switches the model to eval mode and leaves it there: the previous mode is restored.
     """
     from pytorch_grad_cam import GradCAM
@@ -55,8 +82,9 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: list[int], lay
     target = model.get_submodule(layer)
     device = next(model.parameters()).device
     was_training = model.training
+    scores = logits_view() if log_probs else contextlib.nullcontext()
     try:
-        with GradCAM(model=model, target_layers=[target]) as cam:
+        with GradCAM(model=model, target_layers=[target]) as cam, scores:
             maps = cam(input_tensor=images.to(device), targets=[ClassifierOutputTarget(int(c)) for c in classes])
     finally:
         model.train(was_training)
@@ -64,8 +92,9 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: list[int], lay
 
 
 def gradcam_figure(images: np.ndarray, predicted_maps: np.ndarray, actual_maps: np.ndarray, actual: list[int],
-                   predicted: list[int], layer: str, classes=CLASSES) -> Figure:
-    """Per image a column: the image, the CAM of the predicted class, the CAM of the actual class."""
+                   predicted: list[int], layer: str, classes=CLASSES, target: str = "class score (logit)") -> Figure:
+    """Per image a column: the image, the CAM of the predicted class, the CAM of the actual class.
+    A map that is zero everywhere (nothing in the layer raises the target) says so on its panel."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     n = len(images)
@@ -77,9 +106,12 @@ def gradcam_figure(images: np.ndarray, predicted_maps: np.ndarray, actual_maps: 
         img = images[j].astype(np.float32)
         axes[0, j].imshow(img)
         axes[0, j].set_title(f"{classes[actual[j]]} / {classes[predicted[j]]}", fontsize=8)
-        axes[1, j].imshow(show_cam_on_image(img, predicted_maps[j], use_rgb=True))
-        axes[1, j].set_title(f"CAM: {classes[predicted[j]]}", fontsize=8)
-        axes[2, j].imshow(show_cam_on_image(img, actual_maps[j], use_rgb=True))
-        axes[2, j].set_title(f"CAM: {classes[actual[j]]}", fontsize=8)
-    fig.suptitle(f"Grad-CAM at {layer}: actual / predicted; predicted class's map, then the actual class's")
+        for row, maps, c in ((1, predicted_maps, predicted[j]), (2, actual_maps, actual[j])):
+            axes[row, j].imshow(show_cam_on_image(img, maps[j], use_rgb=True))
+            axes[row, j].set_title(f"CAM: {classes[c]}", fontsize=8)
+            if not maps[j].any():
+                axes[row, j].text(16, 16, "all-zero\nmap", ha="center", va="center", fontsize=8, color="white",
+                                  bbox={"facecolor": "black", "alpha": 0.6, "lw": 0})
+    fig.suptitle(f"Grad-CAM at {layer} of the {target}: actual / predicted; predicted class's map, then the actual class's",
+                 fontsize=9)
     return fig

@@ -28,7 +28,6 @@ class LRSearch:
     min_loss_lr: float
     lrs: list[float] = field(repr=False)
     losses: list[float] = field(repr=False)
-    figure: object = field(default=None, repr=False)
 
 
 def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 1e-7, end_lr: float = 10.0,
@@ -37,12 +36,11 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
 
     ``make_optimizer(params, lr)`` builds the optimizer the run will use (e.g. Adam with its weight
     decay) so the test measures the same update rule; ``precision`` (a :class:`utils.precision.Precision`)
-    the same autocast. Returns an :class:`LRSearch` with its figure.
+    the same autocast. Returns an :class:`LRSearch`; ``utils.plots.lr_figure`` draws it.
     """
     with warnings.catch_warnings():  # tqdm.autonotebook's "experimental" warning on import inside Jupyter
         warnings.simplefilter("ignore")
         from torch_lr_finder import LRFinder
-    from .plots import lr_figure
     from .progress import bars_enabled
 
     probe = copy.deepcopy(model).to(device)
@@ -72,10 +70,8 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
     descent = np.gradient(np.array(losses[skip_start:stop]))
     suggested = float(lrs[skip_start + int(descent.argmin())])
     min_loss = float(lrs[lowest])
-    search = LRSearch(suggested, min_loss, list(map(float, lrs)), list(map(float, losses)))
-    search.figure = lr_figure(search)
     del probe, finder
-    return search
+    return LRSearch(suggested, min_loss, list(map(float, lrs)), list(map(float, losses)))
 
 
 def one_cycle(optimizer, max_lr: float, epochs: int, steps_per_epoch: int, peak_epoch: int = 5,
@@ -83,9 +79,15 @@ def one_cycle(optimizer, max_lr: float, epochs: int, steps_per_epoch: int, peak_
     """The assignments' one-cycle: linear warm-up from max_lr/div_factor to ``max_lr`` at ``peak_epoch``,
     then linear anneal; two phases ("no annihilation", ``three_phase=False``). Step it every batch.
 
-    With fewer epochs than ``peak_epoch`` the peak moves to the middle of the run.
+    With fewer epochs than ``peak_epoch`` the peak moves to the middle of the run. A very short run keeps at
+    least two warm-up steps and one anneal step (torch's OneCycleLR divides by each phase's length).
     """
-    pct_start = min(peak_epoch / epochs, 0.5)
+    total = epochs * steps_per_epoch
+    if total < 3:
+        raise ValueError(f"one-cycle needs at least 3 training steps; this run has {total} ({epochs} epoch(s) x "
+                         f"{steps_per_epoch} batch(es)): use more images (--subset), more --epochs or a smaller "
+                         f"--batch-size")
+    pct_start = min(max(min(peak_epoch / epochs, 0.5), 2 / total), (total - 1) / total)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                                pct_start=pct_start, anneal_strategy="linear", div_factor=div_factor,
                                                three_phase=False)

@@ -1,7 +1,7 @@
 """Figures for the assignment page: augmented samples, LR curve, loss/accuracy, class accuracy,
 confusion matrix, misclassified gallery.
 
-Every function returns a ``matplotlib.figure.Figure`` built without pyplot, so nothing stays
+It draws what ``utils.metrics`` and ``utils.lr`` compute. Every function returns a ``matplotlib.figure.Figure`` built without pyplot, so nothing stays
 open in pyplot's registry (no memory growth over many figures, no ``plt.show()``); a notebook
 displays the returned figure inline, :func:`save` writes it as a PNG.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .data import CLASSES
 from .lr import SKIP_END, SKIP_START
@@ -84,26 +85,10 @@ def curves(history: list[dict]) -> Figure:
         ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", label="train")
         ax.plot(ep, [h[f"test_{key}"] for h in history], "s-", label="test")
         ax.set(xlabel="epoch", ylabel=label, title=f"{label.split()[0].capitalize()} by epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only, also for short runs
         ax.grid(alpha=0.3)
         ax.legend()
     return fig
-
-
-def class_accuracy(preds: torch.Tensor, targets: torch.Tensor, classes=CLASSES) -> list[dict]:
-    """Per-class correct/total/accuracy (%) over every test item."""
-    rows = []
-    for c, name in enumerate(classes):
-        mask = targets == c
-        total, correct = int(mask.sum()), int((preds[mask] == c).sum())
-        rows.append({"class": name, "correct": correct, "total": total, "acc": 100 * correct / total if total else float("nan")})
-    return rows
-
-
-def class_accuracy_table(rows: list[dict]) -> str:
-    """The class table as aligned text (for the log and report)."""
-    lines = [f"{'class':<12}{'correct':>8}{'total':>8}{'acc %':>8}"]
-    lines += [f"{r['class']:<12}{r['correct']:>8}{r['total']:>8}{r['acc']:>8.2f}" for r in rows]
-    return "\n".join(lines)
 
 
 def class_accuracy_figure(rows: list[dict]) -> Figure:
@@ -115,11 +100,6 @@ def class_accuracy_figure(rows: list[dict]) -> Figure:
     ax.set(ylim=(0, 105), ylabel="test accuracy (%)", title="Accuracy per class")
     ax.tick_params(axis="x", rotation=30)
     return fig
-
-
-def confusion(preds: torch.Tensor, targets: torch.Tensor, num_classes: int = 10) -> np.ndarray:
-    """(C, C) counts: rows are the actual class, columns the predicted one."""
-    return np.bincount(targets.numpy() * num_classes + preds.numpy(), minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def confusion_figure(cm: np.ndarray, classes=CLASSES) -> Figure:
@@ -135,15 +115,6 @@ def confusion_figure(cm: np.ndarray, classes=CLASSES) -> Figure:
     ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix (colour: share of the actual class)")
     fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
-
-
-def misclassified(logits: torch.Tensor, targets: torch.Tensor, n: int = 10) -> list[int]:
-    """Indices of up to ``n`` mistakes, most confident first (ties by index: deterministic)."""
-    probs = torch.softmax(logits.float(), 1)  # also right for log-probabilities: softmax(log p) = p
-    conf, preds = probs.max(1)
-    wrong = torch.nonzero(preds != targets).flatten()
-    order = sorted(wrong.tolist(), key=lambda i: (-float(conf[i]), i))
-    return order[:n]
 
 
 def misclassified_figure(images: np.ndarray, logits: torch.Tensor, targets: torch.Tensor, indices: list[int],

@@ -1,6 +1,14 @@
-"""``report.md``: what a student copies onto the assignment page, readable on GitHub."""
+"""What a run produced, in one object, and the two files written from it: ``metrics.json`` (plain data)
+and ``report.md`` (what a student copies onto the assignment page, readable on GitHub).
+
+``assignments.run.Run`` fills a :class:`RunResult` step by step; anything else can build one (a loop
+written by hand, a notebook) and call :func:`write_metrics` / :func:`write_report` with it.
+"""
 from __future__ import annotations
 
+import datetime as dt
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FIGURE_TITLES = {
@@ -14,38 +22,84 @@ FIGURE_TITLES = {
 }
 
 
-def write_report(run) -> Path:
-    """Write ``run.out/report.md`` from a finished :class:`assignments.run.Run` and return its path."""
-    m = run.metrics()
+@dataclass
+class RunResult:
+    """Everything a run reports. ``history`` holds one dict per epoch (train/test loss and accuracy, LR)."""
+
+    name: str  # the recipe's name: "S9 (spec)", "S10 MyNet"
+    model: str  # the model's class name
+    params: int  # trainable parameters
+    data: str  # where the images came from
+    device: str  # e.g. "CPU (2 threads)", "NVIDIA H200"
+    precision: str  # e.g. "bf16 autocast, channels_last"
+    epochs: int  # planned epochs
+    assignment: str | None = None  # S7 | S8 | S9 for the built-in recipes
+    history: list[dict] = field(default_factory=list)
+    max_lr: float | None = None
+    lr_search: dict | None = None  # the range test: suggested_lr, min_loss_lr and its curve (lrs, losses)
+    health: list[dict] = field(default_factory=list)  # the doctor's findings
+    checks: dict = field(default_factory=dict)  # batch_independence, log_probs, gradcam target ...
+    figures: dict[str, str] = field(default_factory=dict)  # figure name -> PNG path
+    tables: dict[str, str] = field(default_factory=dict)  # "class_accuracy", "summary" -> text
+    config: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)  # the command line(s), first run then resumes
+    wall_seconds: float = 0.0  # summed over the first run and every resume
+    date: str = field(default_factory=lambda: dt.date.today().isoformat())
+
+    def metrics(self) -> dict:
+        """metrics.json's content: the fields plus the final and best test accuracy."""
+        import torch
+
+        h = self.history
+        d = {k: v for k, v in vars(self).items() if k not in ("figures", "tables")}
+        d.update(final_test_acc=h[-1]["test_acc"] if h else None,
+                 best_test_acc=max((e["test_acc"] for e in h), default=None),
+                 figures=sorted(self.figures), torch=torch.__version__)
+        return json.loads(json.dumps(d, default=str))
+
+
+def write_metrics(result: RunResult, out: str | Path) -> Path:
+    path = Path(out) / "metrics.json"
+    path.write_text(json.dumps(result.metrics(), indent=1))
+    return path
+
+
+def write_report(result: RunResult, out: str | Path, log_text: str = "") -> Path:
+    """Write ``out/report.md`` from ``result`` (and the training log's text) and return its path."""
+    m = result.metrics()
     acc = lambda v: "n/a" if v is None else f"{v:.2f}%"  # noqa: E731
     rows = [
-        ("assignment", m["assignment"]),
-        ("model", f"{m['model']} ({m['variant']})" if m["assignment"] == "S9" else m["model"]),
+        ("run", m["name"]),
+        ("model", m["model"]),
         ("trainable parameters", f"{m['params']:,}"),
         ("data", m["data"]),
         ("device", m["device"]),
-        ("epochs", m["epochs"]),
+        ("precision", m["precision"]),
+        ("epochs", f"{len(m['history'])} of {m['epochs']}"),
         ("max LR (one-cycle)", f"{m['max_lr']:.3e}" if m["max_lr"] else "n/a"),
         ("final test accuracy", acc(m["final_test_acc"])),
         ("best test accuracy", acc(m["best_test_acc"])),
         ("wall time", f"{m['wall_seconds'] / 60:.1f} min"),
         ("date", m["date"]),
     ]
-    lines = [f"# {m['assignment']}: {m['model']}", "", "| | |", "|---|---|"]
+    rows += [("command" if len(m["commands"]) == 1 else f"command {i + 1}", f"`{c}`")
+             for i, c in enumerate(m["commands"])]
+    lines = [f"# {m['name']}: {m['model']}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
-    health = m["health"]
     lines += ["", "## Training doctor", ""]
-    lines += [f"- step {f['step']}, **{f['kind']}**: {f['message']}" for f in health] or ["No finding: the run looked healthy."]
-    for name, path in run.figures.items():
+    lines += [f"- step {f['step']}, **{f['kind']}**: {f['message']}" for f in m["health"]] or [
+        "No finding: no collapse, divergence, vanishing signal or non-finite value."]
+    for name, path in result.figures.items():
         lines += ["", f"## {FIGURE_TITLES.get(name, name)}", "", f"![{name}]({Path(path).name})"]
-        if name == "class_accuracy" and getattr(run, "class_table", None):
-            lines += ["", "```text", run.class_table, "```"]
-    if getattr(run, "summary_text", None):
-        lines += ["", "## Model summary", "", "```text", run.summary_text, "```"]
-    log = run.log_path.read_text() if run.log_path.exists() else ""
-    if getattr(run, "summary_text", None):
-        log = log.replace(run.summary_text + "\n", "")  # shown above already
-    lines += ["", "## Training log", "", "```text", log.rstrip(), "```", ""]
-    path = run.out / "report.md"
-    path.write_text("\n".join(lines))
+        if name == "class_accuracy" and "class_accuracy" in result.tables:
+            lines += ["", "```text", result.tables["class_accuracy"], "```"]
+    summary = result.tables.get("summary")
+    if summary:
+        lines += ["", "## Model summary", "", "```text", summary, "```"]
+        log_text = log_text.replace(summary + "\n", "")  # shown above already
+    if log_text:
+        lines += ["", "## Training log", "", "```text", log_text.rstrip(), "```"]
+    path = Path(out) / "report.md"
+    path.write_text("\n".join(lines) + "\n")
     return path

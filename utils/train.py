@@ -90,11 +90,12 @@ def format_test_line(metrics: dict) -> str:
 
 def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: int, scheduler=None,
         checkpoint: str | Path | None = None, resume: bool = False, doctor: Doctor | None = None,
-        log=print, extra: dict | None = None, precision: Precision | None = None) -> list[dict]:
+        log=print, extra=None, precision: Precision | None = None) -> list[dict]:
     """Train ``epochs`` epochs, test after each, checkpoint atomically each epoch; returns the history.
 
     With ``resume`` the model, optimizer, scheduler, history and doctor findings come back from
-    ``checkpoint`` and training continues to the same final epoch. ``extra`` (plain data) is saved alongside.
+    ``checkpoint`` and training continues to the same final epoch. ``extra`` (plain data, or a function
+    returning it, called at each save) is saved alongside.
     ``precision`` (default fp32) is used for training and testing; an fp16 scaler's state is checkpointed.
     """
     precision = precision or Precision("fp32", device)
@@ -130,5 +131,5 @@ def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: 
             atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
                          "precision": precision.state_dict(), "epoch": epoch, "history": history, "health": doctor.report() if doctor else [],
-                         "extra": extra or {}}, checkpoint)
+                         "extra": (extra() if callable(extra) else extra) or {}}, checkpoint)
     return history

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else its import blocks on a version check online
 
@@ -19,29 +18,8 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from .augment import AugmentSpec, mean_pixel  # noqa: E402
 from .data import ImageSplit  # noqa: E402
-
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    """What to do to a training image, shared by the albumentations and the fast GPU loader."""
-
-    pad: int = 4  # pixels of mean-coloured border before the 32x32 random crop
-    flip: bool = True  # horizontal flip with probability 0.5
-    cutout: int = 8  # side of the square hole in pixels, 0 = none
-    cutout_p: float = 0.5  # probability of one hole per image (the course's CoarseDropout p)
-
-
-AUGMENTS = {
-    "S7": AugmentSpec(pad=4, flip=False, cutout=16),
-    "S8": AugmentSpec(pad=4, flip=True, cutout=8),
-    "S9": AugmentSpec(pad=4, flip=True, cutout=8),
-}
-
-
-def mean_pixel(mean: tuple[float, ...]) -> tuple[int, ...]:
-    """The dataset mean in 0..255 pixel units, the fill albumentations applies before Normalize."""
-    return tuple(int(round(m * 255)) for m in mean)
 
 
 def train_transform(spec: AugmentSpec, mean, std) -> A.Compose:
