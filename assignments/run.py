@@ -83,7 +83,8 @@ class Run:
         except OSError as e:
             raise ValueError(f"--out {self.out}: cannot create it ({e.strerror})") from None
         self.mean, self.std = channel_stats(data.train.images)
-        self.train_split, self.test_split = data.train.subset(c.subset, c.seed), data.test.subset(c.subset, c.seed)
+        subset = c.subset if c.subset and c.subset < len(data.train) else None  # a larger one means everything
+        self.train_split, self.test_split = data.train.subset(subset, c.seed), data.test.subset(subset, c.seed)
         self.train_loader, self.test_loader = self._loaders()
         model = self.model_source if isinstance(self.model_source, nn.Module) else self.model_source()
         self.model = model.to(self.device, memory_format=self.precision.memory_format)
@@ -92,7 +93,7 @@ class Run:
         self.criterion = r.criterion()
         self.result = RunResult(
             name=r.name, model=type(self.model).__name__, params=count_params(self.model),
-            data=data.source + (f", subset of {c.subset}" if c.subset else ""), device=_device_name(self.device),
+            data=data.source + (f", subset of {subset}" if subset else ""), device=_device_name(self.device),
             precision=repr(self.precision), epochs=self.epochs, assignment=c.assignment,
             config=dataclasses.asdict(c), recipe=r.to_dict(),
             commands=(self.saved.get("commands", []) if self.saved else []) + [_command()])
@@ -101,6 +102,8 @@ class Run:
                  f"| out {self.out}")
         self.log(f"data: {self.result.data}: {len(self.train_split)} train / {len(self.test_split)} test images; "
                  f"mean {tuple(round(m, 4) for m in self.mean)} std {tuple(round(s, 4) for s in self.std)}")
+        if c.subset and not subset:
+            self.log(f"--subset {c.subset}: the data has {len(data.train)} training images; all of them are used")
         if self.ignored:
             self.log(f"resume: ignored {', '.join(self.ignored)}: a resumed run keeps the options it was started with")
         self._check_model()
@@ -127,9 +130,6 @@ class Run:
         self.result.checks.update(batch_independence=mixing, log_probs=self.log_probs)
         self.log(f"model check: an image's outputs alone vs in a batch of 64 differ by {mixing:.1e} (relative)"
                  + ("; the model returns log-probabilities" if self.log_probs else ""))
-        if mixing > 1e-3:
-            self.log(f"WARNING: {self.result.model}'s outputs for one image depend on the other images in its "
-                     f"batch ({mixing:.1e}): a layer mixes images (e.g. attention over the batch dimension)")
 
     def show_augmented(self, n: int = 16):
         """A grid of training images after augmentation."""
@@ -173,8 +173,10 @@ class Run:
         optimizer = r.make_optimizer(self.model.parameters(), res.max_lr / r.div_factor)
         scheduler = one_cycle(optimizer, res.max_lr, self.epochs, len(self.train_loader), r.peak_epoch, r.div_factor)
         self.doctor = Doctor(num_classes=len(CLASSES), strict=c.strict, log=self.log)
+        self.doctor.check_batch_dependence(0, res.checks["batch_independence"])
         if res.lr_search:
-            self.doctor.check_schedule(res.max_lr, res.lr_search["suggested_lr"], res.lr_search["min_loss_lr"])
+            self.doctor.check_schedule(res.max_lr, res.lr_search["suggested_lr"], res.lr_search["min_loss_lr"],
+                                       r.lr_scale)
         self.log(f"one-cycle: {res.max_lr / r.div_factor:.3e} -> {res.max_lr:.3e} at epoch "
                  f"{min(r.peak_epoch, self.epochs / 2):g} -> linear anneal over {self.epochs} epochs; "
                  f"{r.optimizer} wd {r.weight_decay}, batch {self.batch_size}")
@@ -187,8 +189,11 @@ class Run:
                               self.device, self.epochs, scheduler, checkpoint=self.out / CHECKPOINT,
                               resume=bool(self.saved), doctor=self.doctor, log=self.log, extra=extra,
                               precision=self.precision)
+            res.checks["batch_independence_end"] = batch_independence(self.model)  # the trained model, eval mode
+            self.doctor.check_batch_dependence(res.history[-1]["step"], res.checks["batch_independence_end"])
         finally:
             res.health = self.doctor.report()
+            res.checks["doctor"] = self.doctor.judged(res.history[-1]["step"] if res.history else 0)
             self.write_metrics()
         return res.history
 
@@ -239,9 +244,9 @@ class Run:
         return self._figure("gradcam", fig)
 
     def verdict(self) -> str:
-        """The training doctor's findings in plain words (logged), or that it found nothing."""
-        text = "\n".join(f"step {f['step']}: {f['kind']}: {f['message']}" for f in self.result.health) or (
-            "Training doctor: no finding (no collapse, divergence, vanishing signal or non-finite value).")
+        """The training doctor's findings in plain words (logged), or that it found nothing, and what it could check."""
+        findings = "\n".join(f"step {f['step']}: {f['kind']}: {f['message']}" for f in self.result.health)
+        text = (findings or "Training doctor: no finding") + f" ({self.result.checks.get('doctor', 'not run')})"
         self.log(text)
         return text
 

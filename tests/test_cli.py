@@ -12,8 +12,8 @@ from synthetic import colour_task, write_batches
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args, cwd=REPO):
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO)}
+def cli(*args, cwd=REPO, **env_vars):
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO), **env_vars}
     return subprocess.run([sys.executable, "-m", "assignments", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 

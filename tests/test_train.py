@@ -95,7 +95,9 @@ def test_history_holds_plain_floats_only():
     data = colour_task(100, 40)
     model, tr, te, opt, sched, crit = s9_setup(data, epochs=1)
     history = fit(model, tr, te, opt, crit, "cpu", 1, sched, log=lambda m: None)
-    assert all(type(v) in (int, float) for e in history for v in e.values())
+    plain = lambda v: type(v) in (int, float) or (type(v) is list and all(type(c) is int for c in v))  # noqa: E731
+    assert all(plain(v) for e in history for v in e.values())
+    assert sum(history[0]["pred_counts"]) == 40  # test predictions per class cover the test set
 
 
 class FixedLogits(nn.Module):
@@ -156,10 +158,19 @@ def test_atomic_save_keeps_the_old_checkpoint_when_a_write_fails(tmp_path, monke
 
 def test_unreadable_checkpoint_is_one_clear_error(tmp_path):
     (tmp_path / "ck.pt").write_bytes(b"junk")
-    with pytest.raises(RuntimeError, match="not a readable checkpoint"):
+    with pytest.raises(RuntimeError, match="not a checkpoint this project wrote") as info:
         load_checkpoint(tmp_path / "ck.pt")
+    assert "weights_only=False" not in str(info.value) and "\n" not in str(info.value)  # never that advice
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+def test_temp_files_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
+    path = tmp_path / "ck.pt"
+    (tmp_path / ".ck.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # what kill -9 mid-save leaves
+    (tmp_path / "mine.txt").write_text("keep")
+    atomic_save({"epoch": 1}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "mine.txt"]
 
 
 def test_checkpoint_of_a_compiled_model_has_plain_keys(tmp_path):

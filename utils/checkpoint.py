@@ -25,6 +25,8 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` so that ``path`` is either the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while saving
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -44,5 +46,5 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise RuntimeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001  (torch's message suggests weights_only=False: never for a file of unknown origin)
+        raise RuntimeError(f"{path}: not a checkpoint this project wrote ({type(e).__name__}); it was not loaded") from None

@@ -21,24 +21,39 @@ class TrainingStopped(RuntimeError):
 @dataclass
 class Finding:
     step: int
-    kind: str  # collapse | non_finite | divergence | vanishing | schedule
+    kind: str  # collapse | non_finite | divergence | vanishing | schedule | no_descent | concentrated | batch_dependence
     message: str
 
 
+CHECK_MODEL = "utils.checks.batch_independence(model) (it works on any model)"
 ADVICE = {
     "collapse": ("the network gives (almost) the same output for every image. Likely causes: a max LR far above "
                  "the range test's suggestion (e.g. taken at the loss minimum), weight decay with Adam (use AdamW "
-                 "or weight_decay=0), or a layer that mixes images across the batch. Next: --lr auto (the steepest-"
-                 "descent suggestion), then check the model with the per-sample test (tests/test_models.py)."),
+                 "or weight_decay=0), or a layer that mixes images across the batch. Next: the range test's "
+                 "steepest-descent suggestion (command: --lr auto; Python: lr=\"auto\"), then check the model with "
+                 + CHECK_MODEL + "."),
     "non_finite": ("the loss or a gradient became NaN/inf; the run stopped and the last checkpoint is kept. "
-                   "Likely causes: LR too high, log of zero, bad input values. Next: lower --lr, check the data."),
-    "divergence": ("the loss is climbing back up. Likely cause: LR too high for this model. "
-                   "Next: lower the max LR to the range test's suggestion."),
+                   "Likely causes: LR too high, log of zero, bad input values. Next: a lower max LR (command: --lr; "
+                   "Python: lr=...), check the data."),
+    "divergence": ("the loss is climbing back up. Likely cause: LR too high for this model. Next: lower the max "
+                   "LR to the range test's suggestion (command: --lr; Python: lr=..., or Recipe(lr_scale=...))."),
     "vanishing": ("the signal is dying: {what}. Likely causes: stacked blocks without a residual path at a bad LR, "
-                  "a frozen or disconnected layer. Next: lower --lr, try the residual variant."),
+                  "a frozen or disconnected layer. Next: a lower max LR (command: --lr; Python: lr=...); for S9 "
+                  "the residual variant (command: --variant residual; Python: variant=\"residual\")."),
     "schedule": ("{what}. The steepest descent of the range test is the usual max LR; the loss minimum is already "
-                 "past the point where training becomes unstable. Next: --lr auto or the suggested value."),
+                 "past the point where training becomes unstable. Next: the suggestion (command: --lr auto; "
+                 "Python: lr=\"auto\")."),
+    "no_descent": ("{what}. Next: a max LR below it (Python: Recipe(lr_scale=1/3) or lr=...; command: --lr); "
+                   "S9 without a residual path takes a third of it."),
+    "concentrated": ("{what}: the network favours a few classes. Likely causes: too few steps or images so far, "
+                     "a max LR too high or too low, a layer that mixes images across the batch. Next: more epochs "
+                     "or images, the range test's suggestion (command: --lr auto; Python: lr=\"auto\")."),
+    "batch_dependence": ("{what}: a layer mixes images across the batch (e.g. attention over the batch dimension, "
+                         "Q.T @ K on (B, d) matrices), so test predictions depend on the batch they are computed in. "
+                         "Next: compute such products per image ((B, d, 1) @ (B, 1, d)); measure with "
+                         + CHECK_MODEL + "."),
 }
+
 
 
 class Doctor:
@@ -51,7 +66,8 @@ class Doctor:
     """
 
     def __init__(self, num_classes: int = 10, window: int = 30, grace: int = 20, band: float = 0.02,
-                 patience: int = 30, grad_every: int = 10, rise: float = 0.5, strict: bool = False, log=print):
+                 patience: int = 30, grad_every: int = 10, rise: float = 0.5, crowd: int = 2, strict: bool = False,
+                 log=print):
         self.num_classes, self.window, self.grace, self.band = num_classes, window, grace, band
         self.patience = patience
         self.grad_every, self.strict, self.log = grad_every, strict, log
@@ -66,13 +82,25 @@ class Doctor:
         self.first_loss: float | None = None
         self.best_mean = math.inf  # lowest window-mean loss so far
         self.rise = rise
+        self.crowd = crowd  # at most this many classes taking 90% of the test predictions is a finding
         self.findings: list[Finding] = []
 
     # --- hooks called by the training loop -------------------------------------------------------
-    def check_schedule(self, max_lr: float, suggested_lr: float | None, min_loss_lr: float | None = None) -> None:
-        """Before training: is the one-cycle max LR far above the range test's suggestion?"""
+    def check_schedule(self, max_lr: float, suggested_lr: float | None, min_loss_lr: float | None = None,
+                       lr_scale: float = 1.0) -> None:
+        """Before training: is the one-cycle max LR far above the range test's suggestion, or is the suggestion
+        the loss minimum itself (a curve with no descent before it) and taken as it is?"""
         if not suggested_lr:
             return
+        if min_loss_lr and math.isclose(suggested_lr, min_loss_lr, rel_tol=1e-6):
+            what = (f"the range test's curve has no descent before its loss minimum: suggestion = minimum = "
+                    f"{suggested_lr:.3g}, at the edge of instability")
+            if lr_scale < 1:
+                self.log(f"DOCTOR note: {what}; the recipe takes {lr_scale:.3g} of it (lr_scale): {max_lr:.3g}")
+                return
+            if max_lr >= 0.8 * suggested_lr:
+                self._report(0, "no_descent", f"{what}, and the run uses it as it is ({max_lr:.3g})")
+                return
         if min_loss_lr and max_lr >= 0.8 * min_loss_lr and min_loss_lr > 3 * suggested_lr:
             self._report(0, "schedule", f"max LR {max_lr:.3g} sits at the range test's loss minimum "
                                         f"({min_loss_lr:.3g}), {max_lr / suggested_lr:.0f}x its suggestion {suggested_lr:.3g}")
@@ -102,6 +130,37 @@ class Doctor:
         dead = [n for n, count in self.dead_checks.items() if count >= 3]
         if dead and step > self.grace:
             self._report(step, "vanishing", f"zero gradient in {len(dead)} parameter tensor(s), e.g. {dead[0]}")
+
+    def check_predictions(self, step: int, counts: list[int]) -> None:
+        """After an epoch's test: ``counts`` predictions per class. Flags a test set whose predictions crowd
+        into ``crowd`` classes or fewer (90% of them): a run that predicts only frog and ship, say."""
+        total = sum(counts)
+        if total < 10 * self.num_classes:
+            return
+        shares = sorted((c / total for c in counts), reverse=True)
+        crowded = next(k for k in range(1, len(shares) + 1) if sum(shares[:k]) >= 0.9)
+        if crowded <= self.crowd:
+            top = ", ".join(f"{s:.0%}" for s in shares[:crowded])
+            self._report(step, "concentrated", f"90% of the test predictions go to {crowded} class(es) ({top})")
+
+    def check_batch_dependence(self, step: int, difference: float, threshold: float = 1e-3) -> None:
+        """``difference``: :func:`utils.checks.batch_independence` of the model (relative); above
+        ``threshold`` an image's outputs depend on the rest of its batch."""
+        if difference > threshold:
+            self._report(step, "batch_dependence", f"an image's outputs alone and in a batch of 64 differ by "
+                                                   f"{difference:.1e} (relative; a per-image model: ~1e-7)")
+
+    def judged(self, steps: int) -> str:
+        """What the doctor could check in a run of ``steps`` steps, in one sentence."""
+        start = self.grace + self.window  # the window checks begin here; a condition must then persist
+        need = {"divergence": start, "collapse": start + self.patience,
+                "vanishing": min(start + self.patience, self.grace + 3 * self.grad_every)}
+        short = {kind: n for kind, n in need.items() if steps < n}
+        if not short:
+            return f"all checks ran ({steps} steps)"
+        return (f"too few steps to judge ({steps} steps): not checked: "
+                + ", ".join(f"{kind} (needs {n})" for kind, n in short.items())
+                + "; checked: non-finite values, the schedule, test predictions per class, the per-image check")
 
     def non_finite(self, step: int, what: str) -> None:
         """A NaN/inf the run cannot go on with: reported, and the run stops."""

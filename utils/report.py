@@ -88,8 +88,9 @@ def write_report(result: RunResult, out: str | Path, log_text: str = "") -> Path
     lines = [f"# {m['name']}: {m['model']}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     lines += ["", "## Training doctor", ""]
-    lines += [f"- step {f['step']}, **{f['kind']}**: {f['message']}" for f in m["health"]] or [
-        "No finding: no collapse, divergence, vanishing signal or non-finite value."]
+    lines += [f"- step {f['step']}, **{f['kind']}**: {f['message']}" for f in m["health"]] or ["No finding."]
+    if "doctor" in m["checks"]:
+        lines += ["", f"What it could check: {m['checks']['doctor']}."]
     for name, path in result.figures.items():
         lines += ["", f"## {FIGURE_TITLES.get(name, name)}", "", f"![{name}]({Path(path).name})"]
         if name == "class_accuracy" and "class_accuracy" in result.tables:

@@ -75,11 +75,13 @@ def predict(model: nn.Module, loader, device, precision: Precision | None = None
 
 
 def evaluate(model: nn.Module, loader, device, precision: Precision | None = None) -> dict:
-    """Mean cross-entropy over the whole test set, correct count, total and accuracy in %."""
+    """Mean cross-entropy over the whole test set, correct count, total, accuracy in % and predictions per class."""
     logits, y = predict(model, loader, device, precision)
     loss = F.cross_entropy(logits, y, reduction="sum").item() / len(y)
-    correct = int((logits.argmax(1) == y).sum())
-    return {"loss": loss, "correct": correct, "total": len(y), "acc": 100 * correct / len(y)}
+    preds = logits.argmax(1)  # (N,)
+    correct = int((preds == y).sum())
+    counts = torch.bincount(preds, minlength=logits.shape[1]).tolist()
+    return {"loss": loss, "correct": correct, "total": len(y), "acc": 100 * correct / len(y), "pred_counts": counts}
 
 
 def format_test_line(metrics: dict) -> str:
@@ -123,10 +125,12 @@ def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: 
         step = tr["steps"]
         te = evaluate(model, test_loader, device, precision)
         history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"],
-                        "test_acc": te["acc"], "lr": tr["lr"], "step": step,
+                        "test_acc": te["acc"], "lr": tr["lr"], "step": step, "pred_counts": te["pred_counts"],
                         "seconds": round(time.perf_counter() - t0, 2)})
         log(f"Train: Loss={tr['loss']:.4f} Accuracy={tr['acc']:.2f}% LR={tr['lr']:.3e}")
         log(format_test_line(te))
+        if doctor and epoch == epochs:  # early epochs may crowd (a fresh S9 does); the end may not
+            doctor.check_predictions(step, te["pred_counts"])
         if checkpoint:
             atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
