@@ -311,7 +311,7 @@ class Run:
 
 def _command() -> str:
     """The command line of this process (``python -m assignments ...`` or the notebook kernel's)."""
-    if sys.argv and sys.argv[0].endswith("__main__.py"):
+    if sys.argv and Path(sys.argv[0]).parts[-2:] == ("assignments", "__main__.py"):
         return "python -m assignments " + " ".join(sys.argv[1:])
     return "Python API (a notebook or script)"
 

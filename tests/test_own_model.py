@@ -81,6 +81,7 @@ def test_own_model_gets_every_output_under_its_own_name(log_softmax_run):
     assert m["checks"]["gradcam_target"] == "class score before the model's log_softmax"
     report = (out / "report.md").read_text()
     assert report.startswith("# S10 LogNet: LogSoftmaxNet")
+    assert m["commands"] == ["Python API (a notebook or script)"]  # not the test runner's command line
     for word in ("S9", "Ultimus", "variant", "model_kwargs"):
         assert word not in report, word
 
