@@ -13,6 +13,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ class Run:
     :class:`assignments.config.RunConfig`'s fields (epochs, lr, data_dir, device, precision, out ...)."""
 
     def __init__(self, config: RunConfig | None = None, *, recipe: Recipe | None = None,
-                 model: nn.Module | None = None, **options):
+                 model: nn.Module | Callable[[], nn.Module] | None = None, **options):
         config = config or RunConfig(**options)
         if recipe is None and config.assignment is None:
             raise ValueError("Run needs assignment='S7'|'S8'|'S9' or recipe=Recipe(...) with a model")
