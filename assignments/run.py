@@ -32,10 +32,8 @@ from utils.seed import pick_device, set_seed
 from utils.summary import count_params, model_summary, summary_text
 from utils.train import fit, predict
 
-from .config import RunConfig, resolve_out
+from .config import CHECKPOINT, RunConfig, resolve_out
 from .recipes import recipe as builtin_recipe
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class Run:

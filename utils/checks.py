@@ -16,7 +16,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 
-def _eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` in eval mode without gradients; the model's mode is restored."""
     was_training = model.training
     try:
@@ -40,9 +40,9 @@ def batch_independence(model: nn.Module, images: torch.Tensor | None = None, bat
     if images is None:
         images = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     images = images.to(device)
-    together = _eval_outputs(model, images)  # (B, C)
+    together = eval_outputs(model, images)  # (B, C)
     picks = torch.linspace(0, len(images) - 1, min(probes, len(images))).long().tolist()
-    alone = torch.cat([_eval_outputs(model, images[i:i + 1]) for i in picks])  # (probes, C)
+    alone = torch.cat([eval_outputs(model, images[i:i + 1]) for i in picks])  # (probes, C)
     size = together.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
     return ((together[picks] - alone).abs().max() / size).item()
 
@@ -52,7 +52,7 @@ def returns_log_probs(model: nn.Module, images: torch.Tensor | None = None, tol:
     device = next(model.parameters()).device
     if images is None:
         images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    out = _eval_outputs(model, images.to(device))  # (B, C)
+    out = eval_outputs(model, images.to(device))  # (B, C)
     ones = torch.ones(len(out), device=out.device)
     return bool((out <= tol).all() and torch.allclose(out.exp().sum(1), ones, atol=tol))
 

@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .checks import logits_view
+from .checks import eval_outputs, logits_view
 from .data import CLASSES
 
 
@@ -55,14 +55,8 @@ def cam_target(model: nn.Module, log_probs: bool) -> str:
     class score before its ``log_softmax`` (bypassed) or, when none can be bypassed, the log-probability."""
     if not log_probs:
         return "class score (logit)"
-    device = next(model.parameters()).device
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), logits_view() as mode:
-            model(torch.zeros(1, 3, 32, 32, device=device))
-    finally:
-        model.train(was_training)
+    with logits_view() as mode:
+        eval_outputs(model, torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
     return ("class score before the model's log_softmax" if mode.skipped else
             "log-probability (the model's log_softmax could not be bypassed)")
 
