@@ -226,7 +226,8 @@ class Run:
 
     def gradcam(self, n: int = 10, layer: str | None = None):
         """Grad-CAM of the predicted and the actual class on the ``n`` most confident mistakes."""
-        from utils.gradcam import cam_target, default_target_layer, gradcam_figure, gradcam_maps
+        from utils.gradcam import (PARALLEL, cam_target, default_target_layer, gradcam_figure,
+                                   gradcam_maps_and_weights, weight_cosines)
 
         logits, y = self.predict()
         idx = misclassified(logits, y, n)
@@ -238,8 +239,17 @@ class Run:
         self.result.checks.update(gradcam_layer=layer, gradcam_target=target)
         x = self.test_split.normalized(idx, self.mean, self.std)
         pred, actual = [int(logits[i].argmax()) for i in idx], [int(y[i]) for i in idx]
-        maps = [gradcam_maps(self.model, x, classes, layer, self.log_probs) for classes in (pred, actual)]
-        fig = gradcam_figure(plots.denormalize(x, self.mean, self.std), *maps, actual, pred, layer, target=target)
+        (pred_maps, pred_w), (actual_maps, actual_w) = [
+            gradcam_maps_and_weights(self.model, x, classes, layer, self.log_probs) for classes in (pred, actual)]
+        cosines = weight_cosines(pred_w, actual_w)  # (n,): 1 = the two classes' maps are one map
+        same = int((cosines >= PARALLEL).sum())
+        self.result.checks["gradcam_same_map"] = f"{same} of {len(idx)}"
+        if same:
+            self.log(f"Grad-CAM: in {same} of {len(idx)} images the predicted and the actual class have parallel "
+                     f"gradients at {layer} (cosine >= {PARALLEL}), so their maps are the same map: what follows "
+                     f"{layer} moves both class scores along one direction of its output")
+        fig = gradcam_figure(plots.denormalize(x, self.mean, self.std), pred_maps, actual_maps, actual, pred, layer,
+                             target=target, cosines=cosines)
         return self._figure("gradcam", fig)
 
     def verdict(self) -> str:

@@ -140,3 +140,42 @@ def test_report_links_every_figure_and_carries_the_log(tiny_run):
     assert "Test set: Average loss:" in text and "Total params: 25,680" in text and "| trainable parameters | 25,680 |" in text
     metrics = json.loads((tiny_run.out / "metrics.json").read_text())
     assert metrics["params"] == 25_680 and len(metrics["history"]) == 2
+
+
+def _gap_net(bottleneck: bool) -> torch.nn.Module:
+    """conv -> GAP -> FC: with ``bottleneck`` the FC passes one direction (48 -> 1 -> 10), as a chain of
+    near-uniform Ultimus blocks does; without it, a full 48 -> 10."""
+    head = [torch.nn.Linear(16, 1), torch.nn.Linear(1, 10)] if bottleneck else [torch.nn.Linear(16, 10)]
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), *head)
+
+
+def test_gradcam_maps_coincide_exactly_when_the_class_weights_are_parallel():
+    from utils.gradcam import PARALLEL, gradcam_maps_and_weights, weight_cosines
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 32, 32)
+    a, b = [0] * 6, [3] * 6
+    for bottleneck in (True, False):
+        model = _gap_net(bottleneck).eval()
+        maps_a, w_a = gradcam_maps_and_weights(model, x, a, "1")
+        maps_b, w_b = gradcam_maps_and_weights(model, x, b, "1")
+        cos = weight_cosines(w_a, w_b)
+        assert w_a.shape == (6, 16)
+        if bottleneck:  # one direction: cos = +-1; the same sign gives the same map
+            np.testing.assert_allclose(np.abs(cos), 1, atol=1e-5)
+            if cos[0] > 0:
+                np.testing.assert_allclose(maps_a, maps_b, atol=1e-5)
+        else:
+            assert (cos < PARALLEL).all() and not np.allclose(maps_a, maps_b, atol=1e-3)
+
+
+def test_gradcam_figure_names_the_columns_with_one_map():
+    from utils.gradcam import gradcam_figure
+
+    maps = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    fig = gradcam_figure(np.zeros((3, 32, 32, 3)), maps, maps, [0, 1, 2], [3, 4, 5], "convs",
+                         cosines=np.array([1.0, 0.2, 0.995]))
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert sum("same map" in t for t in texts) == 2
+    assert "2 of 3 columns" in fig._suptitle.get_text()

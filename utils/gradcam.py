@@ -69,6 +69,13 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: list[int], lay
     softmax (:func:`utils.checks.logits_view`), so the maps equal those of the same net returning logits.
     grad-cam switches the model to eval mode and leaves it there: the previous mode is restored.
     """
+    return gradcam_maps_and_weights(model, images, classes, layer, log_probs)[0]
+
+
+def gradcam_maps_and_weights(model: nn.Module, images: torch.Tensor, classes: list[int], layer: str | None = None,
+                             log_probs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`gradcam_maps` and Grad-CAM's channel weights (N, K): the target's gradient at ``layer``
+    averaged over H, W (grad-cam keeps the last gradients it recorded; the weights are their mean)."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -80,15 +87,30 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: list[int], lay
     try:
         with GradCAM(model=model, target_layers=[target]) as cam, scores:
             maps = cam(input_tensor=images.to(device), targets=[ClassifierOutputTarget(int(c)) for c in classes])
+            grads = cam.activations_and_grads.gradients[0]  # (N, K, h, w)
+            weights = grads.float().mean((2, 3)).cpu().numpy()  # (N, K), as GradCAM.get_cam_weights
     finally:
         model.train(was_training)
-    return np.nan_to_num(maps.astype(np.float32)).clip(0, 1)
+    return np.nan_to_num(maps.astype(np.float32)).clip(0, 1), weights
+
+
+def weight_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine (N,) between two classes' Grad-CAM weights per image. Near 1, the two maps are the same
+    map (each is ReLU of the same channel sum, scaled); near -1, one is where the other is zero."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(norms, 1e-30)
+
+
+PARALLEL = 0.99  # weight cosine from which two classes' maps are called the same map
 
 
 def gradcam_figure(images: np.ndarray, predicted_maps: np.ndarray, actual_maps: np.ndarray, actual: list[int],
-                   predicted: list[int], layer: str, classes=CLASSES, target: str = "class score (logit)") -> Figure:
+                   predicted: list[int], layer: str, classes=CLASSES, target: str = "class score (logit)",
+                   cosines: np.ndarray | None = None) -> Figure:
     """Per image a column: the image, the CAM of the predicted class, the CAM of the actual class.
-    A map that is zero everywhere (nothing in the layer raises the target) says so on its panel."""
+    A map that is zero everywhere (nothing in the layer raises the target) says so on its panel; with
+    ``cosines`` (:func:`weight_cosines`), an actual-class map whose weights are parallel to the predicted
+    class's (the same map) says so too, and the title counts those columns."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     n = len(images)
@@ -106,6 +128,12 @@ def gradcam_figure(images: np.ndarray, predicted_maps: np.ndarray, actual_maps: 
             if not maps[j].any():
                 axes[row, j].text(16, 16, "all-zero\nmap", ha="center", va="center", fontsize=8, color="white",
                                   bbox={"facecolor": "black", "alpha": 0.6, "lw": 0})
-    fig.suptitle(f"Grad-CAM at {layer} of the {target}: actual / predicted; predicted class's map, then the actual class's",
-                 fontsize=9)
+        if cosines is not None and cosines[j] >= PARALLEL:
+            axes[2, j].text(16, 28, f"same map\ncos {cosines[j]:.3f}", ha="center", va="bottom", fontsize=7,
+                            color="white", bbox={"facecolor": "black", "alpha": 0.6, "lw": 0})
+    title = f"Grad-CAM at {layer} of the {target}: actual / predicted; predicted class's map, then the actual class's"
+    if cosines is not None and (same := int((cosines[:n] >= PARALLEL).sum())):
+        title += (f"\n{same} of {n} columns: the two classes' gradients at {layer} are parallel (cosine >= {PARALLEL}),"
+                  " so their maps are the same map")
+    fig.suptitle(title, fontsize=9)
     return fig
