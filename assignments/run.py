@@ -1,5 +1,5 @@
 """One training run, step by step: setup -> augmented samples -> summary -> LR range test -> training ->
-curves, class accuracy, confusion, mistakes, Grad-CAM -> report. The notebooks call the steps one per
+curves, class accuracy, confusion, mistakes, Grad-CAM (S9: attention) -> report. The notebooks call the steps one per
 cell; ``python -m assignments`` and the tests call ``run_all()``.
 
 A run is a recipe (``utils.recipe.Recipe``: the built-in S7/S8/S9 or one made in a notebook) applied to
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from utils import plots
+from utils.attention import attention_stats, entropy_per_block, ultimus_blocks
 from utils.checks import batch_independence, returns_log_probs
 from utils.data import CLASSES, channel_stats, load_cifar10
 from utils.doctor import Doctor
@@ -183,11 +184,15 @@ class Run:
             return {"config": res.config, "max_lr": res.max_lr, "lr_search": res.lr_search, "recipe": res.recipe,
                     "commands": res.commands, "wall_seconds": self._wall()}
 
+        measure = None
+        if ultimus_blocks(self.model):  # S9: attention entropy per block on one fixed test batch, every epoch
+            probe = self.test_split.normalized(range(min(256, len(self.test_split))), self.mean, self.std)
+            measure = lambda: {"attention_entropy": entropy_per_block(self.model, probe)}  # noqa: E731
         try:
             res.history = fit(self.step_model, self.train_loader, self.test_loader, optimizer, self.criterion,
                               self.device, self.epochs, scheduler, checkpoint=self.out / CHECKPOINT,
                               resume=bool(self.saved), doctor=self.doctor, log=self.log, extra=extra,
-                              precision=self.precision)
+                              precision=self.precision, measure=measure)
             res.checks["batch_independence_end"] = batch_independence(self.model)  # the trained model, eval mode
             self.doctor.check_batch_dependence(res.history[-1]["step"], res.checks["batch_independence_end"])
         finally:
@@ -252,6 +257,21 @@ class Run:
                              target=target, cosines=cosines)
         return self._figure("gradcam", fig)
 
+    def attention(self):
+        """S9: the mean attention matrices per block and class, the attention entropy by epoch and the effective
+        rank of each block's output, over the test set (:mod:`utils.attention`); returns the two figures."""
+        from utils.attention_plots import attention_entropy_figure, attention_maps_figure
+
+        if not ultimus_blocks(self.model):
+            self.log(f"attention: {self.result.model} has no Ultimus blocks")
+            return None
+        stats = attention_stats(self.model, self.test_loader, self.device, len(CLASSES))
+        self.result.tables["attention_maps"] = stats.table()
+        self.result.checks["attention"] = stats.to_dict()
+        self.log(stats.table())
+        return (self._figure("attention_maps", attention_maps_figure(stats)),
+                self._figure("attention_entropy", attention_entropy_figure(self.result.history, stats)))
+
     def verdict(self) -> str:
         """The training doctor's findings in plain words (logged), or that it found nothing, and what it could check."""
         findings = "\n".join(f"step {f['step']}: {f['kind']}: {f['message']}" for f in self.result.health)
@@ -286,6 +306,8 @@ class Run:
             self.confusion()
             self.misclassified(self.config.gallery)
             self.gradcam(self.config.gallery)
+            if ultimus_blocks(self.model):
+                self.attention()
         self.log(f"wrote {self.report()} and metrics.json, log.txt, checkpoint.pt, *.png in {self.out}")
         return 2 if stopped else 0
 

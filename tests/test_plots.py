@@ -1,5 +1,6 @@
 """Figures, class table, confusion matrix, gallery, Grad-CAM and report from a tiny run."""
 import gc
+import math
 import json
 import tracemalloc
 
@@ -25,7 +26,8 @@ def tiny_run(folder_dir, tmp_path_factory):
     return run
 
 
-EXPECTED_PANELS = {"augmented": 16, "curves": 2, "class_accuracy": 1, "confusion": 2, "misclassified": 4, "gradcam": 12}
+EXPECTED_PANELS = {"augmented": 16, "curves": 2, "class_accuracy": 1, "confusion": 2, "misclassified": 4, "gradcam": 12,
+                   "attention_maps": 45, "attention_entropy": 2}
 
 
 def test_every_png_exists_and_decodes(tiny_run):
@@ -179,3 +181,12 @@ def test_gradcam_figure_names_the_columns_with_one_map():
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert sum("same map" in t for t in texts) == 2
     assert "2 of 3 columns" in fig._suptitle.get_text()
+
+
+def test_s9_run_measures_attention_every_epoch_and_reports_it(tiny_run):
+    entropies = [h["attention_entropy"] for h in tiny_run.history]
+    assert len(entropies) == 2 and all(len(e) == 4 and all(0 <= v <= math.log(8) + 1e-4 for v in e) for e in entropies)
+    att = json.loads((tiny_run.out / "metrics.json").read_text())["checks"]["attention"]
+    assert att["blocks"] == ["ultimus.0", "ultimus.1", "ultimus.2", "ultimus.3"] and att["images"] == len(tiny_run.test_split)
+    text = (tiny_run.out / "report.md").read_text()
+    assert "## Ultimus attention matrices" in text and "eff. rank out" in text

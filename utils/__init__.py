@@ -1,5 +1,5 @@
 """The course library: data, augmentation, training, LR search, precision, checks, metrics, figures,
-Grad-CAM, summary, the training doctor and the report.
+Grad-CAM, S9's attention measurements, summary, the training doctor and the report.
 
 The main names are importable from here (``from utils import Recipe, fit, gradcam_figure``); each is
 loaded on first use, so ``import utils`` stays light and has no side effects.
@@ -7,6 +7,9 @@ loaded on first use, so ``import utils`` stays light and has no side effects.
 from importlib import import_module
 
 _EXPORTS = {
+    "attention": ["AttentionStats", "attention_stats", "effective_rank", "entropy_per_block", "recording",
+                  "row_entropy", "ultimus_blocks"],
+    "attention_plots": ["attention_entropy_figure", "attention_maps_figure"],
     "augment": ["AUGMENTS", "AugmentSpec"],
     "checks": ["batch_independence", "logits_view", "returns_log_probs"],
     "data": ["CLASSES", "CifarData", "DataError", "ImageSplit", "channel_stats", "load_cifar10"],

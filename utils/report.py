@@ -19,6 +19,8 @@ FIGURE_TITLES = {
     "confusion": "Confusion matrix",
     "misclassified": "Misclassified images",
     "gradcam": "Grad-CAM on misclassified images",
+    "attention_maps": "Ultimus attention matrices",
+    "attention_entropy": "Attention entropy by epoch and block output spectra",
 }
 
 
@@ -93,8 +95,8 @@ def write_report(result: RunResult, out: str | Path, log_text: str = "") -> Path
         lines += ["", f"What it could check: {m['checks']['doctor']}."]
     for name, path in result.figures.items():
         lines += ["", f"## {FIGURE_TITLES.get(name, name)}", "", f"![{name}]({Path(path).name})"]
-        if name == "class_accuracy" and "class_accuracy" in result.tables:
-            lines += ["", "```text", result.tables["class_accuracy"], "```"]
+        if name in result.tables:  # the figure's numbers (class accuracy, attention per block)
+            lines += ["", "```text", result.tables[name], "```"]
     summary = result.tables.get("summary")
     if summary:
         lines += ["", "## Model summary", "", "```text", summary, "```"]

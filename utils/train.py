@@ -92,13 +92,14 @@ def format_test_line(metrics: dict) -> str:
 
 def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: int, scheduler=None,
         checkpoint: str | Path | None = None, resume: bool = False, doctor: Doctor | None = None,
-        log=print, extra=None, precision: Precision | None = None) -> list[dict]:
+        log=print, extra=None, precision: Precision | None = None, measure=None) -> list[dict]:
     """Train ``epochs`` epochs, test after each, checkpoint atomically each epoch; returns the history.
 
     With ``resume`` the model, optimizer, scheduler, history and doctor findings come back from
     ``checkpoint`` and training continues to the same final epoch. ``extra`` (plain data, or a function
     returning it, called at each save) is saved alongside.
     ``precision`` (default fp32) is used for training and testing; an fp16 scaler's state is checkpointed.
+    ``measure`` (optional) is called after each epoch's test; its dict joins that epoch's history entry.
     """
     precision = precision or Precision("fp32", device)
     history, start = [], 0
@@ -126,7 +127,7 @@ def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: 
         te = evaluate(model, test_loader, device, precision)
         history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"],
                         "test_acc": te["acc"], "lr": tr["lr"], "step": step, "pred_counts": te["pred_counts"],
-                        "seconds": round(time.perf_counter() - t0, 2)})
+                        "seconds": round(time.perf_counter() - t0, 2), **(measure() if measure else {})})
         log(f"Train: Loss={tr['loss']:.4f} Accuracy={tr['acc']:.2f}% LR={tr['lr']:.3e}")
         log(format_test_line(te))
         if doctor and epoch == epochs:  # early epochs may crowd (a fresh S9 does); the end may not

@@ -1,0 +1,67 @@
+"""Figures of :mod:`utils.attention` (S9): the mean attention matrices per block and class, and the
+attention entropy by epoch beside each block output's spectrum. Built without pyplot, like ``utils.plots``."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .attention import AttentionStats
+from .data import CLASSES
+
+
+def attention_maps_figure(stats: AttentionStats, classes=CLASSES) -> Figure:
+    """Blocks x (all images + one column per actual class) heatmaps of the mean AM, one colour scale."""
+    mats = np.concatenate([stats.mean_am.numpy()[:, None], stats.class_am.numpy()], axis=1)  # (blocks, 1 + C, d, d)
+    rows, cols = mats.shape[:2]
+    fig = Figure(figsize=(1.25 * cols + 1, 1.35 * rows + 0.9), layout="constrained")
+    axes = np.array(fig.subplots(rows, cols)).reshape(rows, cols)
+    vmin, vmax = np.nanmin(mats), np.nanmax(mats)
+    for i, j in np.ndindex(rows, cols):
+        ax = axes[i, j]
+        im = ax.imshow(mats[i, j], cmap="viridis", vmin=vmin, vmax=vmax)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i == 0:
+            ax.set_title("all images" if j == 0 else classes[j - 1], fontsize=8)
+        if j == 0:
+            ax.set_ylabel(stats.blocks[i], fontsize=8)
+    d = mats.shape[-1]
+    fig.colorbar(im, ax=axes, shrink=0.8, label="AM value")
+    fig.suptitle(f"Mean attention matrix AM ({d}x{d}: row = query feature, column = key feature) per block, over "
+                 f"{stats.images} test images and per actual class; spec: a uniform row is {1 / d / math.sqrt(d):.4f} each, "
+                 f"a one-hot row {1 / math.sqrt(d):.3f} in one place",
+                 fontsize=9)
+    return fig
+
+
+def attention_entropy_figure(history: list[dict], stats: AttentionStats) -> Figure:
+    """Left: each block's mean AM row entropy by epoch (``history[i]["attention_entropy"]``), ln d dashed.
+    Right: each block output's variance share per principal direction over the test set, effective rank in the legend."""
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    ax_h, ax_s = fig.subplots(1, 2)
+    d = stats.mean_am.shape[-1]
+    measured = [h for h in history if h.get("attention_entropy")]
+    for b, name in enumerate(stats.blocks):
+        ax_h.plot([h["epoch"] for h in measured], [h["attention_entropy"][b] for h in measured], "o-", ms=3, label=name)
+    ax_h.axhline(math.log(d), color="grey", ls="--", label=f"uniform (ln {d})")
+    if not measured:
+        ax_h.text(0.5, 0.3, "not measured during training", transform=ax_h.transAxes, ha="center")
+    ax_h.set(xlabel="epoch", ylabel="mean row entropy (nats)", title="Attention entropy on a fixed test batch")
+    ax_h.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_h.legend(fontsize=7)
+    ax_h.grid(alpha=0.3)
+    floor = 1e-9  # shares below it are rounding: Z = V * AM has at most d directions
+    for name, shares, rank in [("GAP features (input of the first block)", stats.spectrum_in, stats.rank_in[0])] + \
+            list(zip(stats.blocks, stats.spectra_out, stats.rank_out)):
+        kept = [s for s in shares if s > floor]
+        style = {"color": "grey", "ls": "--"} if name.startswith("GAP") else {"ls": "-"}
+        ax_s.plot(range(1, len(kept) + 1), kept, marker=".", label=f"{name}: effective rank {rank:.2f}", **style)
+    ax_s.set_yscale("log")
+    ax_s.set(xlabel="principal direction", ylabel="share of variance", ylim=(floor, 1.5),
+             title=f"Block outputs over {stats.images} test images")
+    ax_s.legend(fontsize=7)
+    ax_s.grid(alpha=0.3)
+    return fig
