@@ -59,6 +59,7 @@ class Run:
         self.t0 = time.perf_counter()
         self.log_path = self.out / "log.txt"
         self.predictions = None
+        self.attention_measured = None  # utils.attention.AttentionStats, once measured
 
     # --- logging ---------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -258,19 +259,31 @@ class Run:
         return self._figure("gradcam", fig)
 
     def attention(self):
-        """S9: the mean attention matrices per block and class, the attention entropy by epoch and the effective
-        rank of each block's output, over the test set (:mod:`utils.attention`); returns the two figures."""
-        from utils.attention_plots import attention_entropy_figure, attention_maps_figure
+        """S9: the mean attention matrix of each Ultimus block over the test set and per class, with each block's
+        row entropy and output effective rank (:mod:`utils.attention`, logged); returns the heatmap figure."""
+        from utils.attention_plots import attention_maps_figure
 
+        stats = self._attention_stats()
+        return self._figure("attention_maps", attention_maps_figure(stats)) if stats else None
+
+    def attention_entropy(self):
+        """S9: each block's attention entropy by epoch (measured during training) beside its output's spectrum."""
+        from utils.attention_plots import attention_entropy_figure
+
+        stats = self._attention_stats()
+        return self._figure("attention_entropy", attention_entropy_figure(self.result.history, stats)) if stats else None
+
+    def _attention_stats(self):
         if not ultimus_blocks(self.model):
             self.log(f"attention: {self.result.model} has no Ultimus blocks")
             return None
-        stats = attention_stats(self.model, self.test_loader, self.device, len(CLASSES))
-        self.result.tables["attention_maps"] = stats.table()
-        self.result.checks["attention"] = stats.to_dict()
-        self.log(stats.table())
-        return (self._figure("attention_maps", attention_maps_figure(stats)),
-                self._figure("attention_entropy", attention_entropy_figure(self.result.history, stats)))
+        if self.attention_measured is None:
+            stats = attention_stats(self.model, self.test_loader, self.device, len(CLASSES))
+            self.result.tables["attention_maps"] = stats.table()
+            self.result.checks["attention"] = stats.to_dict()
+            self.log(stats.table())
+            self.attention_measured = stats
+        return self.attention_measured
 
     def verdict(self) -> str:
         """The training doctor's findings in plain words (logged), or that it found nothing, and what it could check."""
@@ -308,6 +321,7 @@ class Run:
             self.gradcam(self.config.gallery)
             if ultimus_blocks(self.model):
                 self.attention()
+                self.attention_entropy()
         self.log(f"wrote {self.report()} and metrics.json, log.txt, checkpoint.pt, *.png in {self.out}")
         return 2 if stopped else 0
 
