@@ -37,11 +37,15 @@ def main(argv=None) -> int:
 
     from .run import Run
 
+    from utils import distributed
+
     try:
         return Run(config).run_all()
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        distributed.close()  # under torchrun: leave the process group
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ class RunConfig:
                                  check=non_negative_int)
     loader: str = option("classic", "classic: albumentations in a DataLoader; fast: the split on the device, "
                                     "augmented per batch", choices=("classic", "fast"))
+    sync_bn: bool = option(False, "under torchrun on CUDA: SyncBatchNorm, BatchNorm statistics over all processes")
     gallery: int = option(10, "misclassified images in the gallery and Grad-CAM", check=positive_int)
 
     def __post_init__(self):

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from utils import plots
+from utils import distributed, plots
 from utils.attention import attention_stats, entropy_per_block, ultimus_blocks
 from utils.checks import batch_independence, returns_log_probs
 from utils.data import CLASSES, channel_stats, load_cifar10
@@ -51,9 +51,16 @@ class Run:
         self.model_source = model if model is not None else self.recipe.model
         if self.model_source is None:
             raise ValueError(f"Run: recipe {self.recipe.name!r} has no model; pass model=... (an nn.Module or a factory)")
+        self.device = pick_device(config.device)
+        self.world = distributed.init(self.device.type)  # torchrun: this process's rank; else a single process
+        if self.device.type == "cuda" and self.world.size > 1:
+            self.device = torch.device("cuda", self.world.local_rank)
+        if config.sync_bn and not (self.world.size > 1 and self.device.type == "cuda"):
+            raise ValueError("--sync-bn needs torchrun with more than one process on CUDA")
         # a resume reads its checkpoint: the schedule and data it started with; options it cannot change are named
-        self.config, self.out, self.saved, self.ignored = resolve_out(config, self.recipe.name)
-        self.device = pick_device(self.config.device)
+        # (under torchrun rank 0 decides, e.g. the timestamped out folder, and the others take its answer)
+        self.config, self.out, self.saved, self.ignored = distributed.broadcast(
+            resolve_out(config, self.recipe.name) if self.world.main else None)
         self.epochs = self.config.epochs or self.recipe.epochs
         self.batch_size = self.config.batch_size or self.recipe.batch_size
         self.t0 = time.perf_counter()
@@ -63,13 +70,16 @@ class Run:
 
     # --- logging ---------------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        """Print ``message`` and append it to the run's log.txt."""
+        """Print ``message`` and append it to the run's log.txt (under torchrun: rank 0 only)."""
+        if not self.world.main:
+            return
         say(message)
         with open(self.log_path, "a") as f:
             f.write(message + "\n")
 
     def _figure(self, name: str, fig):
-        self.result.figures[name] = str(plots.save(fig, self.out / f"{name}.png"))
+        if self.world.main:  # under torchrun rank 0 writes the files
+            self.result.figures[name] = str(plots.save(fig, self.out / f"{name}.png"))
         return fig
 
     # --- steps -----------------------------------------------------------------------------------
@@ -78,29 +88,49 @@ class Run:
         c, r = self.config, self.recipe
         set_seed(c.seed)
         self.precision = Precision(c.precision, self.device, channels_last=r.channels_last)
-        data = load_cifar10(c.data_dir, download=c.download)
+        distributed.barrier()  # every rank has checked --out before rank 0 creates anything
+        with distributed.main_first():  # rank 0 downloads (if it must), then the others read
+            data = load_cifar10(c.data_dir, download=c.download)
         try:  # only now, so a failed setup leaves no empty run folder behind
-            self.out.mkdir(parents=True, exist_ok=True)
+            if self.world.main:
+                self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"--out {self.out}: cannot create it ({e.strerror})") from None
         self.mean, self.std = channel_stats(data.train.images)
         subset = c.subset if c.subset and c.subset < len(data.train) else None  # a larger one means everything
         self.train_split, self.test_split = data.train.subset(subset, c.seed), data.test.subset(subset, c.seed)
-        self.train_loader, self.test_loader = self._loaders()
+        # under torchrun the train and eval loaders are this rank's shards; test_loader (figures) is whole
+        self.train_loader, self.eval_loader = self._loaders(self.world)
+        self.test_loader = self._loaders()[1] if self.world.size > 1 else self.eval_loader
         model = self.model_source if isinstance(self.model_source, nn.Module) else self.model_source()
+        if c.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=self.precision.memory_format)
-        # the compiled module shares the model's parameters; figures and the range test use the plain one
-        self.step_model = torch.compile(self.model) if c.compile else self.model
+        # the wrapped modules share the model's parameters; figures and the range test use the plain one
+        self.step_model = self.model
+        if self.world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if c.compile:
+            self.step_model = torch.compile(self.step_model)
         self.criterion = r.criterion()
         self.result = RunResult(
             name=r.name, model=type(self.model).__name__, params=count_params(self.model),
             data=data.source + (f", subset of {subset}" if subset else ""), device=_device_name(self.device),
             precision=repr(self.precision), epochs=self.epochs, assignment=c.assignment,
             config=dataclasses.asdict(c), recipe=r.to_dict(),
-            commands=(self.saved.get("commands", []) if self.saved else []) + [_command()])
+            commands=(self.saved.get("commands", []) if self.saved else []) + [_command(self.world)],
+            world_size=self.world.size)
         self.log(f"{r.name}: {self.result.model} ({self.result.params:,} parameters) | device {self.device} "
                  f"({self.result.device}) | precision {self.precision}{' | torch.compile' if c.compile else ''} "
                  f"| out {self.out}")
+        if self.world.size > 1:
+            self.log(f"torchrun: {self.world.size} processes ({'nccl' if self.device.type == 'cuda' else 'gloo'}), "
+                     f"{self.batch_size // self.world.size} images per process per step (global batch "
+                     f"{self.batch_size}); the last short batch of an epoch is dropped"
+                     + ("; SyncBatchNorm" if c.sync_bn else ""))
         self.log(f"data: {self.result.data}: {len(self.train_split)} train / {len(self.test_split)} test images; "
                  f"mean {tuple(round(m, 4) for m in self.mean)} std {tuple(round(s, 4) for s in self.std)}")
         if c.subset and not subset:
@@ -110,18 +140,18 @@ class Run:
         self._check_model()
         return self
 
-    def _loaders(self):
+    def _loaders(self, world: distributed.World = distributed.World()):
         c, r = self.config, self.recipe
         eval_batch = max(self.batch_size, 512)
         if c.loader == "fast":
             from utils.fast_loader import make_fast_loaders
             return make_fast_loaders(self.train_split, self.test_split, r.augment, self.mean, self.std,
-                                     self.batch_size, self.device, seed=c.seed, eval_batch_size=eval_batch)
+                                     self.batch_size, self.device, seed=c.seed, eval_batch_size=eval_batch, world=world)
         from utils.transforms import default_workers, make_loaders
         workers = c.workers if c.workers is not None else default_workers(self.device.type)
         return make_loaders(self.train_split, self.test_split, r.augment, self.mean, self.std, self.batch_size,
                             seed=c.seed, num_workers=workers, pin_memory=self.device.type == "cuda",
-                            eval_batch_size=eval_batch)
+                            eval_batch_size=eval_batch, world=world)
 
     def _check_model(self) -> None:
         """Per-image independence and log-probability outputs, measured on the fresh model (eval mode)."""
@@ -140,6 +170,8 @@ class Run:
         """torchinfo's table of the model (printed and logged); returns the summary object."""
         s = model_summary(self.model)
         self.result.tables["summary"] = summary_text(s)
+        if not self.world.main:
+            return s
         with open(self.log_path, "a") as f:
             f.write(self.result.tables["summary"] + "\n")
         print(self.result.tables["summary"])
@@ -157,8 +189,12 @@ class Run:
             self.result.max_lr = float(c.lr)
             self.log(f"max LR {self.result.max_lr:.3e} (given)")
             return None
-        search = find_lr(self.model, r.make_optimizer, self.criterion, self.train_loader, self.device,
-                         end_lr=r.lr_end, num_iter=r.lr_iters, precision=self.precision)
+        search = None
+        if self.world.main:  # under torchrun: rank 0 alone, on the single-process loader; the others wait
+            loader = self._loaders()[0] if self.world.size > 1 else self.train_loader
+            search = find_lr(self.model, r.make_optimizer, self.criterion, loader, self.device,
+                             end_lr=r.lr_end, num_iter=r.lr_iters, precision=self.precision)
+        search = distributed.broadcast(search)
         self.result.lr_search = dataclasses.asdict(search)
         self.result.max_lr = search.suggested_lr * r.lr_scale
         scaled = f" x {r.lr_scale:.3g} (the recipe's lr_scale) = {self.result.max_lr:.3e}" if r.lr_scale != 1 else ""
@@ -173,9 +209,11 @@ class Run:
             self.find_lr()
         optimizer = r.make_optimizer(self.model.parameters(), res.max_lr / r.div_factor)
         scheduler = one_cycle(optimizer, res.max_lr, self.epochs, len(self.train_loader), r.peak_epoch, r.div_factor)
-        self.doctor = Doctor(num_classes=len(CLASSES), strict=c.strict, log=self.log)
-        self.doctor.check_batch_dependence(0, res.checks["batch_independence"])
-        if res.lr_search:
+        # under torchrun rank 0's doctor watches (the loss and accuracy it sees are the global batch's)
+        self.doctor = Doctor(num_classes=len(CLASSES), strict=c.strict, log=self.log) if self.world.main else None
+        if self.doctor:
+            self.doctor.check_batch_dependence(0, res.checks["batch_independence"])
+        if res.lr_search and self.doctor:
             self.doctor.check_schedule(res.max_lr, res.lr_search["suggested_lr"], res.lr_search["min_loss_lr"],
                                        r.lr_scale)
         self.log(f"one-cycle: {res.max_lr / r.div_factor:.3e} -> {res.max_lr:.3e} at epoch "
@@ -190,16 +228,18 @@ class Run:
             probe = self.test_split.normalized(range(min(256, len(self.test_split))), self.mean, self.std)
             measure = lambda: {"attention_entropy": entropy_per_block(self.model, probe)}  # noqa: E731
         try:
-            res.history = fit(self.step_model, self.train_loader, self.test_loader, optimizer, self.criterion,
+            res.history = fit(self.step_model, self.train_loader, self.eval_loader, optimizer, self.criterion,
                               self.device, self.epochs, scheduler, checkpoint=self.out / CHECKPOINT,
                               resume=bool(self.saved), doctor=self.doctor, log=self.log, extra=extra,
                               precision=self.precision, measure=measure)
             res.checks["batch_independence_end"] = batch_independence(self.model)  # the trained model, eval mode
-            self.doctor.check_batch_dependence(res.history[-1]["step"], res.checks["batch_independence_end"])
+            if self.doctor:
+                self.doctor.check_batch_dependence(res.history[-1]["step"], res.checks["batch_independence_end"])
         finally:
-            res.health = self.doctor.report()
-            res.checks["doctor"] = self.doctor.judged(res.history[-1]["step"] if res.history else 0)
-            self.write_metrics()
+            if self.doctor:
+                res.health = self.doctor.report()
+                res.checks["doctor"] = self.doctor.judged(res.history[-1]["step"] if res.history else 0)
+                self.write_metrics()
         return res.history
 
     def predict(self):
@@ -313,6 +353,8 @@ class Run:
         except TrainingStopped as e:
             stopped = e
             self.log(f"STOPPED: {e}; the last good checkpoint is {self.out / CHECKPOINT}")
+        if not self.world.main:  # under torchrun rank 0 draws and writes the rest
+            return 2 if stopped else 0
         if self.result.history:
             self.curves()
             self.class_accuracy()
@@ -354,11 +396,12 @@ class Run:
         return write_report(self.result, self.out, log_text)
 
 
-def _command() -> str:
+def _command(world: distributed.World = distributed.World()) -> str:
     """The command line of this process (``python -m assignments ...`` or the notebook kernel's)."""
+    launcher = f"torchrun --nproc_per_node {world.size} " if world.size > 1 else ""
     if sys.argv and Path(sys.argv[0]).parts[-2:] == ("assignments", "__main__.py"):
-        return "python -m assignments " + " ".join(sys.argv[1:])
-    return "Python API (a notebook or script)"
+        return f"{launcher or 'python '}-m assignments " + " ".join(sys.argv[1:])
+    return f"Python API (a notebook or script){' under ' + launcher.strip() if launcher else ''}"
 
 
 def _device_name(device: torch.device) -> str:

@@ -13,6 +13,7 @@ import torch
 
 from .data import ImageSplit
 from .augment import AugmentSpec, mean_pixel
+from .distributed import World, shard_range
 
 
 def augment_batch(x: torch.Tensor, spec: AugmentSpec, fill: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -51,7 +52,13 @@ class GpuLoader:
     """
 
     def __init__(self, split: ImageSplit, spec: AugmentSpec | None, mean, std, batch_size: int, device,
-                 train: bool = True, seed: int = 0):
+                 train: bool = True, seed: int = 0, world: World = World()):
+        if world.size > 1 and not train:  # under torchrun: this rank's contiguous shard of the test set
+            share = shard_range(len(split), world)
+            split = ImageSplit(split.images[share.start:share.stop], split.labels[share.start:share.stop])
+        if world.size > 1 and batch_size % world.size:
+            raise ValueError(f"--batch-size {batch_size} is not divisible by the {world.size} processes")
+        self.world = world
         self.device = torch.device(device)
         self.images = torch.from_numpy(split.images).to(self.device).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
         self.labels = torch.from_numpy(split.labels).to(self.device)  # (N,)
@@ -59,31 +66,39 @@ class GpuLoader:
         self.fill = torch.tensor(mean_pixel(mean), dtype=torch.uint8, device=self.device)  # (3,)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
-        self.gen = torch.Generator(device=self.device)
+        self.gen = torch.Generator(device=self.device)  # the permutation: the same on every rank
+        # augmentation draws: each rank its own (one process: the permutation's generator, as before)
+        self.aug_gen = torch.Generator(device=self.device) if world.size > 1 else self.gen
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.gen.manual_seed(self.seed * 1_000_003 + epoch)
+        if self.aug_gen is not self.gen:
+            self.aug_gen.manual_seed(self.seed * 1_000_003 + epoch + 7_919 * self.world.rank)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std  # uint8 pixels -> (x / 255 - mean) / std
 
     def __len__(self) -> int:
+        if self.train and self.world.size > 1:  # whole global batches only: a short last one has no equal slices
+            return len(self.labels) // self.batch_size
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self):
         n = len(self.labels)
         order = torch.randperm(n, generator=self.gen, device=self.device) if self.train else torch.arange(n, device=self.device)
-        for i in range(0, n, self.batch_size):
-            idx = order[i:i + self.batch_size]
+        per_rank = self.batch_size // self.world.size if self.train else self.batch_size
+        start = self.world.rank * per_rank if self.train else 0
+        for k in range(len(self)):
+            idx = order[k * self.batch_size + start:k * self.batch_size + start + per_rank]  # this rank's slice
             x = self.images[idx]
             if self.train and self.spec is not None:
-                x = augment_batch(x, self.spec, self.fill, self.gen)
+                x = augment_batch(x, self.spec, self.fill, self.aug_gen)
             yield self.normalise(x), self.labels[idx]
 
 
 def make_fast_loaders(train: ImageSplit, test: ImageSplit, spec: AugmentSpec, mean, std, batch_size: int, device,
-                      seed: int = 0, eval_batch_size: int | None = None):
-    """(train_loader, test_loader) held on ``device``: the fast counterpart of ``make_loaders``."""
-    return (GpuLoader(train, spec, mean, std, batch_size, device, train=True, seed=seed),
-            GpuLoader(test, None, mean, std, eval_batch_size or batch_size, device, train=False, seed=seed))
+                      seed: int = 0, eval_batch_size: int | None = None, world: World = World()):
+    """(train_loader, test_loader) held on ``device``: the fast counterpart of ``make_loaders`` (also under torchrun)."""
+    return (GpuLoader(train, spec, mean, std, batch_size, device, train=True, seed=seed, world=world),
+            GpuLoader(test, None, mean, std, eval_batch_size or batch_size, device, train=False, seed=seed, world=world))

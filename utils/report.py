@@ -47,6 +47,7 @@ class RunResult:
     recipe: dict = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)  # the command line(s), first run then resumes
     wall_seconds: float = 0.0  # summed over the first run and every resume
+    world_size: int = 1  # processes under torchrun
     date: str = field(default_factory=lambda: dt.date.today().isoformat())
 
     def metrics(self) -> dict:
@@ -76,7 +77,7 @@ def write_report(result: RunResult, out: str | Path, log_text: str = "") -> Path
         ("model", m["model"]),
         ("trainable parameters", f"{m['params']:,}"),
         ("data", m["data"]),
-        ("device", m["device"]),
+        ("device", m["device"] + (f" x {m['world_size']} processes (torchrun)" if m["world_size"] > 1 else "")),
         ("precision", m["precision"]),
         ("epochs", f"{len(m['history'])} of {m['epochs']}"),
         ("max LR (one-cycle)", f"{m['max_lr']:.3e}" if m["max_lr"] else "n/a"),

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_save, load_checkpoint, unwrap
-from .doctor import Doctor, Finding
+from .distributed import all_reduce_sum, current
+from .doctor import Doctor, Finding, TrainingStopped
 from .precision import Precision
 from .progress import progress
 
@@ -27,10 +28,21 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
     ``precision`` (default fp32) runs the forward pass under autocast; the loss is computed in fp32."""
     model.train()
     precision = precision or Precision("fp32", device)
+    world = current()
     total_loss, correct, seen, step = 0.0, 0, 0, step0
     lr = optimizer.param_groups[0]["lr"]
     # report plain cross-entropy, comparable with the test loss even when training uses label smoothing
     smoothed = getattr(criterion, "label_smoothing", 0.0) > 0
+    held = []  # under torchrun: a stop of rank 0's doctor, held until every rank stops at the same point
+
+    def watch(check, *args):
+        try:
+            check(*args)
+        except TrainingStopped as stop:
+            if world.size == 1:
+                raise
+            held.append(stop)
+
     bar = progress(loader, desc=desc, leave=False)
     for x, y in bar:
         x, y = precision.inputs(x), y.to(device, non_blocking=True)
@@ -39,25 +51,34 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
         with precision.autocast():
             logits = model(x).float()  # (B, C), fp32 whatever the autocast dtype
         loss = criterion(logits, y)
-        precision.backward(loss)
+        loss_value = F.cross_entropy(logits.detach(), y).item() if smoothed else loss.item()
+        batch_correct, batch_seen = (logits.argmax(1) == y).sum().item(), len(y)
+        precision.backward(loss)  # under torchrun, DistributedDataParallel averages the gradients here
         precision.unscale(optimizer)
         if doctor:
-            doctor.check_gradients(step, model, overflow_expected=precision.overflow_expected)
+            watch(doctor.check_gradients, step, model, precision.overflow_expected)
+        if world.size > 1:  # one small all-reduce: the global batch's loss and accuracy, and any stop
+            loss_sum, batch_correct, batch_seen, stops = all_reduce_sum(
+                [loss_value * batch_seen, batch_correct, batch_seen, len(held)], device)
+            loss_value, batch_correct, batch_seen = loss_sum / batch_seen, int(batch_correct), int(batch_seen)
+            if stops:
+                raise held[0] if held else TrainingStopped(f"stopped at step {step} by rank 0's training doctor")
         precision.step(optimizer)
         if doctor and precision.hopeless():
-            doctor.non_finite(step, f"gradients overflow even unscaled (fp16 scale {precision.scaler.get_scale():g})")
+            watch(doctor.non_finite, step, f"gradients overflow even unscaled (fp16 scale {precision.scaler.get_scale():g})")
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
-        loss_value = F.cross_entropy(logits.detach(), y).item() if smoothed else loss.item()
-        total_loss += loss_value * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
+        total_loss += loss_value * batch_seen
+        correct += batch_correct
+        seen += batch_seen
         if doctor:
-            doctor.after_step(step, loss_value, logits, y)
+            watch(doctor.after_step, step, loss_value, logits, y)
         health = {"doctor": ",".join(f.kind for f in doctor.findings)} if doctor and doctor.findings else {}
         bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{100 * correct / seen:.2f}", lr=f"{lr:.2e}", **health,
                         refresh=False)
+    if world.size > 1 and all_reduce_sum([len(held)], device)[0]:  # a stop at the epoch's last step
+        raise held[0] if held else TrainingStopped(f"stopped at step {step} by rank 0's training doctor")
     return {"loss": total_loss / max(seen, 1), "acc": 100 * correct / max(seen, 1), "lr": lr, "steps": step}
 
 
@@ -75,13 +96,16 @@ def predict(model: nn.Module, loader, device, precision: Precision | None = None
 
 
 def evaluate(model: nn.Module, loader, device, precision: Precision | None = None) -> dict:
-    """Mean cross-entropy over the whole test set, correct count, total, accuracy in % and predictions per class."""
+    """Mean cross-entropy over the whole test set, correct count, total, accuracy in % and predictions per class
+    (under torchrun ``loader`` is this rank's shard and the sums are all-reduced)."""
     logits, y = predict(model, loader, device, precision)
-    loss = F.cross_entropy(logits, y, reduction="sum").item() / len(y)
     preds = logits.argmax(1)  # (N,)
-    correct = int((preds == y).sum())
-    counts = torch.bincount(preds, minlength=logits.shape[1]).tolist()
-    return {"loss": loss, "correct": correct, "total": len(y), "acc": 100 * correct / len(y), "pred_counts": counts}
+    sums = [F.cross_entropy(logits, y, reduction="sum").item(), int((preds == y).sum()), len(y),
+            *torch.bincount(preds, minlength=logits.shape[1]).tolist()]
+    loss_sum, correct, total, *counts = all_reduce_sum(sums, device)  # under torchrun: over every rank's shard
+    correct, total, counts = int(correct), int(total), [int(c) for c in counts]
+    return {"loss": loss_sum / total, "correct": correct, "total": total, "acc": 100 * correct / total,
+            "pred_counts": counts}
 
 
 def format_test_line(metrics: dict) -> str:
@@ -102,6 +126,7 @@ def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: 
     ``measure`` (optional) is called after each epoch's test; its dict joins that epoch's history entry.
     """
     precision = precision or Precision("fp32", device)
+    world = current()  # under torchrun only rank 0 writes the checkpoint
     history, start = [], 0
     if resume:
         state = load_checkpoint(checkpoint, map_location=device)
@@ -132,7 +157,7 @@ def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: 
         log(format_test_line(te))
         if doctor and epoch == epochs:  # early epochs may crowd (a fresh S9 does); the end may not
             doctor.check_predictions(step, te["pred_counts"])
-        if checkpoint:
+        if checkpoint and world.main:
             atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
                          "precision": precision.state_dict(), "epoch": epoch, "history": history, "health": doctor.report() if doctor else [],

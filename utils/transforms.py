@@ -16,10 +16,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
 
 from .augment import AugmentSpec, mean_pixel  # noqa: E402
 from .data import ImageSplit  # noqa: E402
+from .distributed import ShardBatchSampler, World, shard_range  # noqa: E402
 
 
 def train_transform(spec: AugmentSpec, mean, std) -> A.Compose:
@@ -68,19 +69,28 @@ class EpochLoader(DataLoader):
     """A DataLoader whose shuffle order and augmentations are a function of (seed, epoch).
 
     Call ``set_epoch(e)`` before each epoch: a resumed run then sees the same batches as a straight one.
+
+    Under torchrun (``world`` of more than one process, a shuffled loader) each rank loads its slice of every
+    global batch of ``batch_size`` (:class:`utils.distributed.ShardBatchSampler`, same permutation as one process).
     """
 
     def __init__(self, dataset: AugmentedSplit, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                 pin_memory: bool = False):
-        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                         pin_memory=pin_memory, generator=torch.Generator(), worker_init_fn=_seed_worker)
-        self.seed = seed
+                 pin_memory: bool = False, world: World = World()):
+        generator = torch.Generator()
+        if world.size > 1 and shuffle:  # the generator draws the workers' base seed, then the permutation, as below
+            batches = {"batch_sampler": ShardBatchSampler(RandomSampler(dataset, generator=generator), batch_size, world)}
+        else:
+            batches = {"batch_size": batch_size, "shuffle": shuffle}
+        super().__init__(dataset, num_workers=num_workers, pin_memory=pin_memory, generator=generator,
+                         worker_init_fn=_seed_worker, **batches)
+        self.seed, self.rank = seed, world.rank
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         epoch_seed = self.seed * 1_000_003 + epoch
         self.generator.manual_seed(epoch_seed)
-        self.dataset.transform.set_random_seed(epoch_seed)  # used as is when num_workers == 0
+        # used as is when num_workers == 0; each rank augments its own images with its own draws
+        self.dataset.transform.set_random_seed(epoch_seed + 7_919 * self.rank)
 
 
 def default_workers(device_type: str) -> int:
@@ -89,9 +99,14 @@ def default_workers(device_type: str) -> int:
 
 
 def make_loaders(train: ImageSplit, test: ImageSplit, spec: AugmentSpec, mean, std, batch_size: int,
-                 seed: int = 0, num_workers: int = 0, pin_memory: bool = False, eval_batch_size: int | None = None):
-    """(train_loader, test_loader): augmented and shuffled train, plain ordered test."""
+                 seed: int = 0, num_workers: int = 0, pin_memory: bool = False, eval_batch_size: int | None = None,
+                 world: World = World()):
+    """(train_loader, test_loader): augmented and shuffled train, plain ordered test. Under torchrun each rank
+    gets its slices of the global train batches and its contiguous shard of ``test``."""
+    if world.size > 1:
+        share = shard_range(len(test), world)
+        test = ImageSplit(test.images[share.start:share.stop], test.labels[share.start:share.stop])
     train_ds = AugmentedSplit(train, train_transform(spec, mean, std))
     test_ds = AugmentedSplit(test, eval_transform(mean, std))
-    return (EpochLoader(train_ds, batch_size, True, seed, num_workers, pin_memory),
+    return (EpochLoader(train_ds, batch_size, True, seed, num_workers, pin_memory, world),
             EpochLoader(test_ds, eval_batch_size or batch_size, False, seed, num_workers, pin_memory))

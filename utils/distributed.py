@@ -1,0 +1,134 @@
+"""More than one process: torch.distributed as ``torchrun`` sets it up, and nothing when it does not.
+
+``torchrun --nproc_per_node N -m assignments S8 ...`` starts N processes with RANK, LOCAL_RANK and
+WORLD_SIZE in their environment; :func:`init` joins them (nccl on CUDA, gloo on the CPU). Every helper
+here is the identity in a single process (Colab, ``python -m assignments``), which runs as before.
+
+How a run shares the work (``assignments.run.Run`` applies it):
+- training: each global batch of the single-process loader (same seeded permutation) is cut into N equal
+  rank slices (:class:`ShardBatchSampler`); DistributedDataParallel averages the gradients, so a step
+  equals the single-process step on the same global batch;
+- testing: each rank evaluates its contiguous shard of the test set and the sums are all-reduced
+  (:func:`all_reduce_sum`);
+- rank 0 alone runs the LR range test (the result is broadcast), writes the log, checkpoints, figures,
+  metrics.json and report.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place: ``rank`` of ``size`` processes, ``local_rank`` on its machine."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes files and logs."""
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (or another launcher) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device_type: str) -> World:
+    """Join the process group torchrun described (nccl for CUDA, gloo for the CPU); a single process gets
+    ``World()`` and no process group."""
+    if not launched():
+        return World()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    return World(dist.get_rank(), dist.get_world_size(), local)
+
+
+def current() -> World:
+    """The World of an initialised process group, else a single process."""
+    if not dist.is_initialized():
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def close() -> None:
+    """Leave the process group (if any)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first (e.g. a download), the others after it: no two processes write one file."""
+    world = current()
+    if not world.main:
+        barrier()
+    yield
+    if world.main:
+        barrier()
+
+
+def broadcast(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank (any picklable object)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(values: list[float], device=None) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks (float64, so counts stay exact)."""
+    if not dist.is_initialized():
+        return list(values)
+    device = device if device is not None and torch.device(device).type == "cuda" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class ShardBatchSampler(Sampler):
+    """This rank's slice of every global batch of ``sampler``: global batch k (``batch_size`` items, in the
+    order ``sampler`` yields them) -> items [rank * b, (rank + 1) * b) with b = batch_size / world_size.
+
+    The last global batch, if shorter than ``batch_size``, is dropped: its slices could not be equal.
+    """
+
+    def __init__(self, sampler, batch_size: int, world: World):
+        if batch_size % world.size:
+            raise ValueError(f"--batch-size {batch_size} is not divisible by the {world.size} processes")
+        self.sampler, self.batch_size, self.world = sampler, batch_size, world
+        self.per_rank = batch_size // world.size
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self):
+        order = list(self.sampler)  # the single-process order (a seeded permutation per epoch)
+        start = self.world.rank * self.per_rank
+        for k in range(len(self)):
+            yield order[k * self.batch_size + start:k * self.batch_size + start + self.per_rank]
+
+
+def shard_range(n: int, world: World) -> range:
+    """This rank's contiguous share of ``n`` items (the first ``n % size`` ranks get one more)."""
+    base, extra = divmod(n, world.size)
+    start = world.rank * base + min(world.rank, extra)
+    return range(start, start + base + (world.rank < extra))
