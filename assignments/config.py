@@ -79,8 +79,9 @@ class RunConfig:
     strict: bool = option(False, "stop at the training doctor's first finding")
     workers: int | None = option(None, "DataLoader workers for --loader classic (default 0 on CPU, 2 on CUDA)",
                                  check=non_negative_int)
-    loader: str = option("classic", "classic: albumentations in a DataLoader; fast: the split on the device, "
-                                    "augmented per batch", choices=("classic", "fast"))
+    loader: str = option("auto", "classic: albumentations in a DataLoader; fast: the split on the device, "
+                                 "augmented per batch; auto: fast on CUDA, classic on the CPU",
+                         choices=("auto", "classic", "fast"))
     sync_bn: bool = option(False, "under torchrun on CUDA: SyncBatchNorm, BatchNorm statistics over all processes")
     gallery: int = option(10, "misclassified images in the gallery and Grad-CAM", check=positive_int)
 

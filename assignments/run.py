@@ -143,7 +143,7 @@ class Run:
     def _loaders(self, world: distributed.World = distributed.World()):
         c, r = self.config, self.recipe
         eval_batch = max(self.batch_size, 512)
-        if c.loader == "fast":
+        if c.loader == "fast" or (c.loader == "auto" and self.device.type == "cuda"):  # the GPU needs no workers
             from utils.fast_loader import make_fast_loaders
             return make_fast_loaders(self.train_split, self.test_split, r.augment, self.mean, self.std,
                                      self.batch_size, self.device, seed=c.seed, eval_batch_size=eval_batch, world=world)

@@ -1,5 +1,7 @@
 """Loops, true mean test loss, learnable task, resume = straight run, atomic checkpoints."""
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +194,36 @@ def test_train_loss_is_plain_cross_entropy_even_with_label_smoothing():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     out = train_one_epoch(model, loader, opt, nn.CrossEntropyLoss(label_smoothing=0.2), "cpu")
     assert out["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the calls in this repository's code that bring a tensor's value to the host (on a GPU each waits
+    for the device). torch's own (Adam reads its step counters, which live on the CPU) are not ours to count."""
+
+    READS = ("item", "tolist", "cpu", "numpy")
+    OURS = str(Path(__file__).resolve().parents[1] / "utils")
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.count += sys._getframe(1).f_code.co_filename.startswith(self.OURS)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("with_doctor", [False, True])
+def test_the_train_loop_reads_the_device_once_per_sync_not_per_step(with_doctor):
+    from utils.doctor import Doctor
+    from utils.train import train_one_epoch
+
+    set_seed(0)
+    model, train, _, opt, sched, crit = s9_setup(colour_task(32 * 30, 64), 1)  # 30 steps of 32
+    batches = list(train)  # loaded beforehand: the count is the loop's own
+    doctor = Doctor(log=lambda m: None) if with_doctor else None
+    with HostReads() as reads:
+        out = train_one_epoch(model, batches, opt, crit, "cpu", sched, doctor, sync_every=10)
+    assert out["steps"] == 30
+    # 3 reads of 10 steps' numbers; the doctor's gradient check reads norms at steps 1, 10, 20, 30
+    assert reads.count == 3 + (4 if with_doctor else 0)

@@ -104,6 +104,14 @@ def all_reduce_sum(values: list[float], device=None) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``t`` over all ranks, on its device (no host read); ``t`` itself in one process."""
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
 class ShardBatchSampler(Sampler):
     """This rank's slice of every global batch of ``sampler``: global batch k (``batch_size`` items, in the
     order ``sampler`` yields them) -> items [rank * b, (rank + 1) * b) with b = batch_size / world_size.

@@ -14,6 +14,17 @@ import torch
 from torch import nn
 
 
+def batch_stats(loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """What the doctor reads from one step, as one fp32 tensor on the logits' device (no host read):
+    [loss, correct count, count of the most common prediction, logits' std across the batch, batch size]."""
+    logits = logits.detach().float()  # (B, C)
+    preds = logits.argmax(1)  # (B,)
+    spread = logits.std(0).mean() if len(preds) > 1 else logits.new_ones(())
+    return torch.stack([loss.detach().float().reshape(()), (preds == targets).sum().float(),
+                        torch.bincount(preds, minlength=logits.shape[1]).max().float(), spread,
+                        logits.new_tensor(float(len(preds)))])
+
+
 class TrainingStopped(RuntimeError):
     """Raised to stop a run: non-finite loss/gradients, or any finding under ``strict``."""
 
@@ -168,14 +179,18 @@ class Doctor:
 
     def after_step(self, step: int, loss: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """After each step: the batch loss (a float), logits (B, C) and targets (B,)."""
+        _, correct, top, spread, size = batch_stats(torch.tensor(loss), logits, targets).tolist()
+        self.observe(step, loss, correct, top, spread, int(size))
+
+    def observe(self, step: int, loss: float, correct: float, top: float, spread: float, size: int) -> None:
+        """One step's numbers, as :func:`batch_stats` computes them on the device (the loop reads them in groups)."""
         if not math.isfinite(loss):
             self.non_finite(step, f"loss is {loss}")
-        preds = logits.detach().argmax(1)  # (B,)
         self.losses.append(loss)
-        self.correct.append((preds == targets).float().mean().item())
-        self.top_share.append(torch.bincount(preds, minlength=self.num_classes).max().item() / len(preds))
-        self.spread.append(logits.detach().float().std(0).mean().item() if len(preds) > 1 else 1.0)
-        self.sizes.append(len(preds))
+        self.correct.append(correct / size)
+        self.top_share.append(top / size)
+        self.spread.append(spread if size > 1 else 1.0)
+        self.sizes.append(size)
         if self.first_loss is None:
             self.first_loss = loss
         if step < self.grace + self.window or len(self.losses) < self.window:

@@ -82,15 +82,13 @@ class Precision:
         """The scaler has backed off below 1: the gradients overflow even unscaled, a real inf/NaN."""
         return self.scaler is not None and self.scaler.get_scale() < 1.0
 
-    def step(self, optimizer) -> bool:
-        """The optimizer step; False when the fp16 scaler skipped it."""
+    def step(self, optimizer) -> None:
+        """The optimizer step (fp16: the scaler's, which skips it when a gradient overflowed, then its update)."""
         if not self.scaler:
             optimizer.step()
-            return True
-        scale = self.scaler.get_scale()
+            return
         self.scaler.step(optimizer)
         self.scaler.update()
-        return self.scaler.get_scale() >= scale
 
     def state_dict(self) -> dict:
         return {"name": self.name, "scaler": self.scaler.state_dict() if self.scaler else None}

@@ -5,6 +5,7 @@ The test loss is the true mean over the test set (the reference printed the last
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -13,19 +14,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_save, load_checkpoint, unwrap
-from .distributed import all_reduce_sum, current
-from .doctor import Doctor, Finding, TrainingStopped
+from .distributed import all_reduce_sum, all_reduce_tensor, current
+from .doctor import Doctor, Finding, TrainingStopped, batch_stats
 from .precision import Precision
 from .progress import progress
+
+SYNC_EVERY = 10  # train steps between reads of the device's numbers (the progress bar's refresh too)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, scheduler=None,
                     doctor: Doctor | None = None, step0: int = 0, desc: str = "train",
-                    precision: Precision | None = None) -> dict:
+                    precision: Precision | None = None, sync_every: int = SYNC_EVERY) -> dict:
     """One pass over ``loader``; the one-cycle ``scheduler`` steps every batch. Returns loss (plain
     cross-entropy), accuracy in %, the last LR and the global step count.
 
-    ``precision`` (default fp32) runs the forward pass under autocast; the loss is computed in fp32."""
+    ``precision`` (default fp32) runs the forward pass under autocast; the loss is computed in fp32.
+    No step waits for the device: each step's loss and counts stay on it (:func:`utils.doctor.batch_stats`)
+    and are read every ``sync_every`` steps, in one transfer, by the sums, the progress bar and the doctor,
+    which sees every step's numbers in order (a NaN stops the run at most ``sync_every`` - 1 steps later).
+    """
     model.train()
     precision = precision or Precision("fp32", device)
     world = current()
@@ -34,6 +41,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
     # report plain cross-entropy, comparable with the test loss even when training uses label smoothing
     smoothed = getattr(criterion, "label_smoothing", 0.0) > 0
     held = []  # under torchrun: a stop of rank 0's doctor, held until every rank stops at the same point
+    pending = []  # (step, stats on the device) not read yet
 
     def watch(check, *args):
         try:
@@ -43,6 +51,30 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
                 raise
             held.append(stop)
 
+    def read():
+        nonlocal total_loss, correct, seen
+        stats = torch.stack([t for _, t in pending])  # (k, 5) on the device
+        if world.size > 1:  # the global batches' loss and counts (sums over ranks), and any held stop
+            stats[:, 0] *= stats[:, 4]
+            flags = stats.new_tensor([[float(len(held))] * 5])
+            summed = all_reduce_tensor(torch.cat([stats[:, [0, 1, 4]], flags[:, :3]]))  # (k + 1, 3)
+            stats[:, 0], stats[:, 1], stats[:, 4] = summed[:-1, 0] / summed[:-1, 2], summed[:-1, 1], summed[:-1, 2]
+            if summed[-1, 0].item():
+                raise held[0] if held else TrainingStopped(f"stopped at step {step} by rank 0's training doctor")
+        loss = math.nan
+        for (at, _), (loss, hits, top, spread, n) in zip(pending, stats.tolist()):  # the one host read
+            total_loss += loss * int(n)
+            correct += int(hits)
+            seen += int(n)
+            if doctor:
+                watch(doctor.observe, at, loss, hits, top, spread, int(n))
+        pending.clear()
+        if doctor and precision.hopeless():
+            watch(doctor.non_finite, step, f"gradients overflow even unscaled (fp16 scale {precision.scaler.get_scale():g})")
+        health = {"doctor": ",".join(f.kind for f in doctor.findings)} if doctor and doctor.findings else {}
+        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * correct / max(seen, 1):.2f}", lr=f"{lr:.2e}",
+                        **health, refresh=False)
+
     bar = progress(loader, desc=desc, leave=False)
     for x, y in bar:
         x, y = precision.inputs(x), y.to(device, non_blocking=True)
@@ -51,33 +83,20 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
         with precision.autocast():
             logits = model(x).float()  # (B, C), fp32 whatever the autocast dtype
         loss = criterion(logits, y)
-        loss_value = F.cross_entropy(logits.detach(), y).item() if smoothed else loss.item()
-        batch_correct, batch_seen = (logits.argmax(1) == y).sum().item(), len(y)
+        pending.append((step, batch_stats(F.cross_entropy(logits.detach(), y) if smoothed else loss, logits, y)))
+        if len(pending) == sync_every:  # before backward: the doctor sees steps in order, before their gradients
+            read()
         precision.backward(loss)  # under torchrun, DistributedDataParallel averages the gradients here
         precision.unscale(optimizer)
         if doctor:
             watch(doctor.check_gradients, step, model, precision.overflow_expected)
-        if world.size > 1:  # one small all-reduce: the global batch's loss and accuracy, and any stop
-            loss_sum, batch_correct, batch_seen, stops = all_reduce_sum(
-                [loss_value * batch_seen, batch_correct, batch_seen, len(held)], device)
-            loss_value, batch_correct, batch_seen = loss_sum / batch_seen, int(batch_correct), int(batch_seen)
-            if stops:
-                raise held[0] if held else TrainingStopped(f"stopped at step {step} by rank 0's training doctor")
         precision.step(optimizer)
-        if doctor and precision.hopeless():
-            watch(doctor.non_finite, step, f"gradients overflow even unscaled (fp16 scale {precision.scaler.get_scale():g})")
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
-        total_loss += loss_value * batch_seen
-        correct += batch_correct
-        seen += batch_seen
-        if doctor:
-            watch(doctor.after_step, step, loss_value, logits, y)
-        health = {"doctor": ",".join(f.kind for f in doctor.findings)} if doctor and doctor.findings else {}
-        bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{100 * correct / seen:.2f}", lr=f"{lr:.2e}", **health,
-                        refresh=False)
-    if world.size > 1 and all_reduce_sum([len(held)], device)[0]:  # a stop at the epoch's last step
+    if pending:
+        read()
+    if world.size > 1 and all_reduce_sum([len(held)], device)[0]:  # a stop held at the epoch's last read
         raise held[0] if held else TrainingStopped(f"stopped at step {step} by rank 0's training doctor")
     return {"loss": total_loss / max(seen, 1), "acc": 100 * correct / max(seen, 1), "lr": lr, "steps": step}
 
