@@ -142,7 +142,7 @@ class Run:
 
     def _loaders(self, world: distributed.World = distributed.World()):
         c, r = self.config, self.recipe
-        eval_batch = max(self.batch_size, 512)
+        eval_batch = max(self.batch_size, 2048 if self.device.type == "cuda" else 512)  # no gradients: large batches
         if c.loader == "fast" or (c.loader == "auto" and self.device.type == "cuda"):  # the GPU needs no workers
             from utils.fast_loader import make_fast_loaders
             return make_fast_loaders(self.train_split, self.test_split, r.augment, self.mean, self.std,
