@@ -14,19 +14,17 @@ from synthetic import colour_task, write_batches
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torchrun(*args, nproc: int = 2):
-    """``torchrun --nproc_per_node nproc ARGS`` (``-m assignments ...`` or a script), one thread per process."""
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-
-
 def single(*args):
+    """``python ARGS`` with one torch thread."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "TQDM_DISABLE": "1"}
     return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
+
+
+def torchrun(*args, nproc: int = 2):
+    """``torchrun --nproc_per_node nproc ARGS`` (``-m assignments ...`` or a script), one thread per process."""
+    return single("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args)
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
             summed = all_reduce_tensor(torch.cat([stats[:, [0, 1, 4]], flags[:, :3]]))  # (k + 1, 3)
             stats[:, 0], stats[:, 1], stats[:, 4] = summed[:-1, 0] / summed[:-1, 2], summed[:-1, 1], summed[:-1, 2]
             if summed[-1, 0].item():
-                raise held[0] if held else TrainingStopped(f"stopped at step {step} by rank 0's training doctor")
+                raise _stop(held, step)
         loss = math.nan
         for (at, _), (loss, hits, top, spread, n) in zip(pending, stats.tolist()):  # the one host read
             total_loss += loss * int(n)
@@ -97,8 +97,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
     if pending:
         read()
     if world.size > 1 and all_reduce_sum([len(held)], device)[0]:  # a stop held at the epoch's last read
-        raise held[0] if held else TrainingStopped(f"stopped at step {step} by rank 0's training doctor")
+        raise _stop(held, step)
     return {"loss": total_loss / max(seen, 1), "acc": 100 * correct / max(seen, 1), "lr": lr, "steps": step}
+
+
+def _stop(held: list[TrainingStopped], step: int) -> TrainingStopped:
+    """Under torchrun, what each rank raises when rank 0's doctor stopped the run: rank 0 its own finding."""
+    return held[0] if held else TrainingStopped(f"stopped at step {step} by rank 0's training doctor")
 
 
 @torch.no_grad()
