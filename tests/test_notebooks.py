@@ -1,5 +1,6 @@
 """The three notebooks run top to bottom on synthetic data, warning-free, calling only the library."""
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -109,3 +110,10 @@ def test_notebook_runs_top_to_bottom_without_warnings(name, folder_dir, tmp_path
     written = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
     assert_colab_clean(written, name)
     assert sum("run-note" in c.metadata.get("tags", []) for c in written.cells) == 1
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_committed_cell_has_an_id(name):
+    """nbformat 4.5 needs cell ids; nbformat.read adds missing ones silently, so read the file as it is."""
+    cells = json.loads((REPO / "assignments" / f"{name}.ipynb").read_text())["cells"]
+    assert all("id" in c for c in cells), f"{name}: a cell without an id"
