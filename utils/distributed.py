@@ -38,6 +38,11 @@ class World:
         return self.rank == 0
 
 
+def _active() -> bool:
+    """A process group is up (some torch builds have no torch.distributed at all)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def launched() -> bool:
     """Whether this process was started by torchrun (or another launcher) with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -48,7 +53,7 @@ def init(device_type: str) -> World:
     ``World()`` and no process group."""
     if not launched():
         return World()
-    if not dist.is_initialized():
+    if not _active():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
@@ -58,19 +63,19 @@ def init(device_type: str) -> World:
 
 def current() -> World:
     """The World of an initialised process group, else a single process."""
-    if not dist.is_initialized():
+    if not _active():
         return World()
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def close() -> None:
     """Leave the process group (if any)."""
-    if dist.is_initialized():
+    if _active():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
-    if dist.is_initialized():
+    if _active():
         dist.barrier()
 
 
@@ -87,7 +92,7 @@ def main_first():
 
 def broadcast(obj, src: int = 0):
     """``obj`` of rank ``src`` on every rank (any picklable object)."""
-    if not dist.is_initialized():
+    if not _active():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -96,7 +101,7 @@ def broadcast(obj, src: int = 0):
 
 def all_reduce_sum(values: list[float], device=None) -> list[float]:
     """Element-wise sum of ``values`` over all ranks (float64, so counts stay exact)."""
-    if not dist.is_initialized():
+    if not _active():
         return list(values)
     device = device if device is not None and torch.device(device).type == "cuda" else "cpu"
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -106,7 +111,7 @@ def all_reduce_sum(values: list[float], device=None) -> list[float]:
 
 def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
     """Element-wise sum of ``t`` over all ranks, on its device (no host read); ``t`` itself in one process."""
-    if dist.is_initialized():
+    if _active():
         t = t.clone()
         dist.all_reduce(t)
     return t
