@@ -56,8 +56,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
         stats = torch.stack([t for _, t in pending])  # (k, 5) on the device
         if world.size > 1:  # the global batches' loss and counts (sums over ranks), and any held stop
             stats[:, 0] *= stats[:, 4]
-            flags = stats.new_tensor([[float(len(held))] * 5])
-            summed = all_reduce_tensor(torch.cat([stats[:, [0, 1, 4]], flags[:, :3]]))  # (k + 1, 3)
+            stop_row = stats.new_tensor([[len(held), 0, 0]])  # (1, 3): rank 0's held stops
+            summed = all_reduce_tensor(torch.cat([stats[:, [0, 1, 4]], stop_row]))  # (k + 1, 3)
             stats[:, 0], stats[:, 1], stats[:, 4] = summed[:-1, 0] / summed[:-1, 2], summed[:-1, 1], summed[:-1, 2]
             if summed[-1, 0].item():
                 raise _stop(held, step)
