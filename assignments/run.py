@@ -36,6 +36,8 @@ from utils.train import fit, predict
 from .config import CHECKPOINT, RunConfig, resolve_out
 from .recipes import recipe as builtin_recipe
 
+PROBE_IMAGES = 256  # S9's per-epoch attention entropy: test images spread evenly over the classes
+
 
 class Run:
     """``Run(assignment="S9", ...)`` for a built-in recipe, or ``Run(recipe=Recipe(...), model=net, ...)``
@@ -225,7 +227,7 @@ class Run:
 
         measure = None
         if ultimus_blocks(self.model):  # S9: attention entropy per block on one fixed test batch, every epoch
-            probe = self.test_split.normalized(range(min(256, len(self.test_split))), self.mean, self.std)
+            probe = self.test_split.normalized(self.test_split.spread(PROBE_IMAGES), self.mean, self.std)
             measure = lambda: {"attention_entropy": entropy_per_block(self.model, probe)}  # noqa: E731
         try:
             res.history = fit(self.step_model, self.train_loader, self.eval_loader, optimizer, self.criterion,

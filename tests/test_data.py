@@ -183,3 +183,22 @@ def test_subset_is_seeded_and_sized():
     split = ImageSplit(np.zeros((100, 32, 32, 3), np.uint8), np.arange(100) % 10)
     assert len(split.subset(30)) == 30 and split.subset(200) is split
     assert np.array_equal(split.subset(30, seed=5).labels, split.subset(30, seed=5).labels)
+
+
+@pytest.mark.parametrize("order", ["sorted by class", "shuffled"])
+def test_spread_covers_every_class_evenly_however_the_split_is_sorted(order):
+    labels = np.repeat(np.arange(10), 40)  # 400 items, a class-per-folder copy's order
+    if order == "shuffled":
+        labels = np.random.default_rng(0).permutation(labels)
+    split = ImageSplit(np.zeros((400, 32, 32, 3), np.uint8), labels)
+    idx = split.spread(256)
+    counts = np.bincount(labels[idx], minlength=10)
+    assert len(set(idx)) == 256 and counts.min() == 25 and counts.max() == 26, counts
+    first = {c: int(np.flatnonzero(labels == c)[0]) for c in range(10)}
+    assert set(first.values()) <= set(idx)  # each class's first items, in split order
+
+
+def test_spread_of_an_uneven_split_takes_what_each_class_has():
+    labels = np.array([0] * 3 + [1] * 50)
+    idx = ImageSplit(np.zeros((53, 32, 32, 3), np.uint8), labels).spread(20)
+    assert np.bincount(labels[idx]).tolist() == [3, 17] and idx == sorted(idx)

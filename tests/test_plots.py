@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from assignments.run import Run
+from assignments.run import PROBE_IMAGES, Run
 from models import ResNet18, TransformerUltimus
 from utils import plots
 from utils import metrics
+from utils.attention import entropy_per_block
 from utils.gradcam import block_output_sizes, default_target_layer, gradcam_maps
 
 
@@ -186,6 +187,9 @@ def test_gradcam_figure_names_the_columns_with_one_map():
 def test_s9_run_measures_attention_every_epoch_and_reports_it(tiny_run):
     entropies = [h["attention_entropy"] for h in tiny_run.history]
     assert len(entropies) == 2 and all(len(e) == 4 and all(0 <= v <= math.log(8) + 1e-4 for v in e) for e in entropies)
+    split = tiny_run.test_split  # the last epoch's numbers are the trained model's on the class-spread probe
+    probe = split.normalized(split.spread(PROBE_IMAGES), tiny_run.mean, tiny_run.std)
+    assert entropies[-1] == pytest.approx(entropy_per_block(tiny_run.model, probe), abs=1e-4)
     att = json.loads((tiny_run.out / "metrics.json").read_text())["checks"]["attention"]
     assert att["blocks"] == ["ultimus.0", "ultimus.1", "ultimus.2", "ultimus.3"] and att["images"] == len(tiny_run.test_split)
     text = (tiny_run.out / "report.md").read_text()

@@ -49,7 +49,7 @@ def attention_entropy_figure(history: list[dict], stats: AttentionStats) -> Figu
     ax_h.axhline(math.log(d), color="grey", ls="--", label=f"uniform (ln {d})")
     if not measured:
         ax_h.text(0.5, 0.3, "not measured during training", transform=ax_h.transAxes, ha="center")
-    ax_h.set(xlabel="epoch", ylabel="mean row entropy (nats)", title="Attention entropy on a fixed test batch")
+    ax_h.set(xlabel="epoch", ylabel="mean row entropy (nats)", title="Attention entropy, fixed test batch spread over the classes")
     ax_h.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_h.legend(fontsize=7)
     ax_h.grid(alpha=0.3)
