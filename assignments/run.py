@@ -10,6 +10,7 @@ records its numbers in ``self.result`` (a ``utils.report.RunResult``), from whic
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -221,14 +222,20 @@ class Run:
         self.log(f"one-cycle: {res.max_lr / r.div_factor:.3e} -> {res.max_lr:.3e} at epoch "
                  f"{min(r.peak_epoch, self.epochs / 2):g} -> linear anneal over {self.epochs} epochs; "
                  f"{r.optimizer} wd {r.weight_decay}, batch {self.batch_size}")
-        def extra():  # saved with every epoch's checkpoint, for --resume
-            return {"config": res.config, "max_lr": res.max_lr, "lr_search": res.lr_search, "recipe": res.recipe,
-                    "commands": res.commands, "wall_seconds": self._wall()}
-
         measure = None
         if ultimus_blocks(self.model):  # S9: attention entropy per block on one fixed test batch, every epoch
             probe = self.test_split.normalized(self.test_split.spread(PROBE_IMAGES), self.mean, self.std)
             measure = lambda: {"attention_entropy": entropy_per_block(self.model, probe)}  # noqa: E731
+            # ... and on the weights training starts from (epoch 0); a resumed run keeps its start's numbers
+            res.checks["attention_entropy_start"] = (self.saved.get("attention_entropy_start") if self.saved
+                                                     else measure()["attention_entropy"])
+            self.log(f"attention row entropy per block before training (ln 8 = {math.log(8):.3f} is uniform): "
+                     + ", ".join(f"{h:.3f}" for h in res.checks["attention_entropy_start"] or []))
+
+        def extra():  # saved with every epoch's checkpoint, for --resume
+            return {"config": res.config, "max_lr": res.max_lr, "lr_search": res.lr_search, "recipe": res.recipe,
+                    "commands": res.commands, "wall_seconds": self._wall(),
+                    "attention_entropy_start": res.checks.get("attention_entropy_start")}
         try:
             res.history = fit(self.step_model, self.train_loader, self.eval_loader, optimizer, self.criterion,
                               self.device, self.epochs, scheduler, checkpoint=self.out / CHECKPOINT,
@@ -313,7 +320,9 @@ class Run:
         from utils.attention_plots import attention_entropy_figure
 
         stats = self._attention_stats()
-        return self._figure("attention_entropy", attention_entropy_figure(self.result.history, stats)) if stats else None
+        start = self.result.checks.get("attention_entropy_start")
+        return (self._figure("attention_entropy", attention_entropy_figure(self.result.history, stats, start))
+                if stats else None)
 
     def _attention_stats(self):
         if not ultimus_blocks(self.model):

@@ -67,6 +67,8 @@ def test_resume_after_a_crash_matches_the_straight_run(batches_dir, tmp_path):
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert len(resumed["commands"]) == 2 and resumed["commands"][1].endswith("--resume")  # both commands kept
     assert resumed["max_lr"] == straight["max_lr"]
+    start = straight["checks"]["attention_entropy_start"]  # measured once, on the untrained weights
+    assert len(start) == 4 and resumed["checks"]["attention_entropy_start"] == start
 
     # resuming resolves a config of its own: the caller's stays as given, ignored options are named
     from assignments.config import RunConfig

@@ -190,6 +190,11 @@ def test_s9_run_measures_attention_every_epoch_and_reports_it(tiny_run):
     split = tiny_run.test_split  # the last epoch's numbers are the trained model's on the class-spread probe
     probe = split.normalized(split.spread(PROBE_IMAGES), tiny_run.mean, tiny_run.std)
     assert entropies[-1] == pytest.approx(entropy_per_block(tiny_run.model, probe), abs=1e-4)
+    start = tiny_run.result.checks["attention_entropy_start"]  # untrained spec blocks: uniform rows
+    assert start == pytest.approx([math.log(8)] * 4, abs=0.01)
+    lines = tiny_run.attention_entropy().axes[0].lines[:4]  # one per block: epoch 0 (start), 1, 2
+    assert [list(line.get_xdata()) for line in lines] == [[0, 1, 2]] * 4
+    assert [line.get_ydata()[0] for line in lines] == start
     att = json.loads((tiny_run.out / "metrics.json").read_text())["checks"]["attention"]
     assert att["blocks"] == ["ultimus.0", "ultimus.1", "ultimus.2", "ultimus.3"] and att["images"] == len(tiny_run.test_split)
     text = (tiny_run.out / "report.md").read_text()

@@ -37,13 +37,15 @@ def attention_maps_figure(stats: AttentionStats, classes=CLASSES) -> Figure:
     return fig
 
 
-def attention_entropy_figure(history: list[dict], stats: AttentionStats) -> Figure:
-    """Left: each block's mean AM row entropy by epoch (``history[i]["attention_entropy"]``), ln d dashed.
-    Right: each block output's variance share per principal direction over the test set, effective rank in the legend."""
+def attention_entropy_figure(history: list[dict], stats: AttentionStats, start: list[float] | None = None) -> Figure:
+    """Left: each block's mean AM row entropy by epoch (``history[i]["attention_entropy"]``; ``start``, the
+    untrained weights', at epoch 0), ln d dashed. Right: each block output's variance share per principal
+    direction over the test set, effective rank in the legend."""
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     ax_h, ax_s = fig.subplots(1, 2)
     d = stats.mean_am.shape[-1]
-    measured = [h for h in history if h.get("attention_entropy")]
+    measured = ([{"epoch": 0, "attention_entropy": start}] if start else []) + \
+        [h for h in history if h.get("attention_entropy")]
     for b, name in enumerate(stats.blocks):
         ax_h.plot([h["epoch"] for h in measured], [h["attention_entropy"][b] for h in measured], "o-", ms=3, label=name)
     ax_h.axhline(math.log(d), color="grey", ls="--", label=f"uniform (ln {d})")
