@@ -105,6 +105,14 @@ def test_stats_and_figures_have_their_panels():
     assert "ultimus.0" in stats.table() and len(stats.table().splitlines()) == 2 + 4
 
 
+@pytest.mark.parametrize("variant, uniform", [("spec", "0.0442"), ("prescaled-residual", "0.1250")])
+def test_the_maps_title_gives_the_uniform_row_of_the_variant_drawn(variant, uniform):
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 3, 32, 32), torch.arange(20) % 10
+    stats = attention_stats(_trained_like(VARIANTS[variant]), [(x, y)], "cpu")
+    assert f"a uniform row is {uniform} each" in attention_maps_figure(stats)._suptitle.get_text()
+
+
 def test_a_model_without_ultimus_blocks_is_refused_in_one_line():
     with pytest.raises(ValueError, match="no Ultimus blocks"):
         attention_stats(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10)),

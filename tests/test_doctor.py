@@ -224,6 +224,16 @@ def test_a_suggestion_at_the_loss_minimum_is_said_and_what_the_run_does(lr_scale
     assert ("the recipe takes 0.333 of it (lr_scale)" in lines[0]) == (lr_scale < 1)
 
 
+@pytest.mark.parametrize("lr_scale, expected", [(1.0, ["schedule"]), (13.5, [])])
+def test_a_max_lr_past_the_loss_minimum_is_a_finding_unless_the_recipe_scales_it(lr_scale, expected):
+    lines = []
+    doctor = Doctor(log=lines.append)
+    doctor.check_schedule(0.2, suggested_lr=0.0148, min_loss_lr=0.0313, lr_scale=lr_scale)
+    assert [f.kind for f in doctor.findings] == expected
+    assert any("the recipe's 13.5 x the range test's suggestion 0.0148 (lr_scale), past its loss minimum 0.0313" in m
+               for m in lines) == (lr_scale > 1)
+
+
 def test_advice_names_the_command_and_the_python_api():
     from utils.doctor import ADVICE
 

@@ -29,10 +29,11 @@ def attention_maps_figure(stats: AttentionStats, classes=CLASSES) -> Figure:
         if j == 0:
             ax.set_ylabel(stats.blocks[i], fontsize=8)
     d = mats.shape[-1]
+    row_sum = float(stats.mean_am.sum(-1).mean())  # the variant's: 1/sqrt(d) (spec: softmax, then / sqrt d) or 1
     fig.colorbar(im, ax=axes, shrink=0.8, label="AM value")
     fig.suptitle(f"Mean attention matrix AM ({d}x{d}: row = query feature, column = key feature) per block, over "
-                 f"{stats.images} test images and per actual class; spec: a uniform row is {1 / d / math.sqrt(d):.4f} each, "
-                 f"a one-hot row {1 / math.sqrt(d):.3f} in one place",
+                 f"{stats.images} test images and per actual class; rows sum to {row_sum:.3f}: a uniform row is "
+                 f"{row_sum / d:.4f} each, a one-hot row {row_sum:.3f} in one place",
                  fontsize=9)
     return fig
 

@@ -112,6 +112,11 @@ class Doctor:
             if max_lr >= 0.8 * suggested_lr:
                 self._report(0, "no_descent", f"{what}, and the run uses it as it is ({max_lr:.3g})")
                 return
+        if lr_scale > 1:  # the recipe's own choice (S7's was measured); the checks during training still watch
+            past = f", past its loss minimum {min_loss_lr:.3g}" if min_loss_lr and max_lr > min_loss_lr else ""
+            self.log(f"DOCTOR note: max LR {max_lr:.3g} is the recipe's {lr_scale:.3g} x the range test's "
+                     f"suggestion {suggested_lr:.3g} (lr_scale){past}")
+            return
         if min_loss_lr and max_lr >= 0.8 * min_loss_lr and min_loss_lr > 3 * suggested_lr:
             self._report(0, "schedule", f"max LR {max_lr:.3g} sits at the range test's loss minimum "
                                         f"({min_loss_lr:.3g}), {max_lr / suggested_lr:.0f}x its suggestion {suggested_lr:.3g}")
