@@ -112,6 +112,15 @@ def test_batch_independence_flags_a_batch_mixing_block_and_passes_every_model_in
         assert batch_independence(model, batch=16) < 1e-4, type(model).__name__
 
 
+def test_the_max_lr_is_the_range_test_suggestion_times_the_recipe_s_lr_scale(folder_dir, tmp_path):
+    recipe = Recipe("scaled", epochs=1, batch_size=32, optimizer="sgd", lr_scale=3.0, lr_iters=20, model=SmallResNet)
+    run = Run(recipe=recipe, data_dir=str(folder_dir), device="cpu", out=str(tmp_path / "r"), subset=96).setup()
+    run.find_lr()
+    suggested = run.result.lr_search["suggested_lr"]
+    assert run.result.max_lr == pytest.approx(3.0 * suggested)
+    assert f"x 3 (the recipe's lr_scale) = {3 * suggested:.3e}" in (tmp_path / "r" / "log.txt").read_text()
+
+
 def test_a_run_without_a_model_or_with_a_bad_recipe_says_so_in_one_line():
     with pytest.raises(ValueError, match="has no model; pass model="):
         Run(recipe=Recipe("mine"))
