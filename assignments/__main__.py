@@ -2,7 +2,8 @@
 metrics.json, the checkpoint, every figure and report.md into the out directory.
 
 The options are :class:`assignments.config.RunConfig`'s fields. Exit codes: 0 done, 1 a data or run
-problem (one line on stderr), 2 an option argparse rejects (usage and one line) or a run the doctor stopped.
+problem or a file that could not be written (one line on stderr), 2 an option argparse rejects (usage and one
+line) or a run the doctor stopped, 130 Ctrl-C (one line: where it stopped and how to resume).
 """
 from __future__ import annotations
 
@@ -34,18 +35,47 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     from utils.data import DataError
+    from utils.train import Interrupted
 
     from .run import Run
 
     from utils import distributed
 
+    run = None
     try:
-        return Run(config).run_all()
+        run = Run(config)
+        return run.run_all()
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, a folder that became read-only: name the file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(interrupted_line(run, e if isinstance(e, Interrupted) else None, config), file=sys.stderr)
+        return 130
     finally:
         distributed.close()  # under torchrun: leave the process group
+
+
+def interrupted_line(run, where, config) -> str:
+    """The one line Ctrl-C prints: where training stopped, what is kept, the command that resumes it."""
+    if where is None or where.epoch is None:  # outside an epoch: setup, range test, figures
+        if run is not None and (run.out / "checkpoint.pt").is_file():
+            return f"interrupted outside training; the checkpoint in {run.out} is kept; resume with: " \
+                   f"{resume_command(run.out, config)}"
+        return "interrupted before training: no epoch was checkpointed, nothing to resume"
+    head = f"interrupted at epoch {where.epoch} step {where.step}"
+    if where.saved_epoch is None:
+        return f"{head}; no epoch was checkpointed, nothing to resume"
+    return (f"{head}; checkpoint of epoch {where.saved_epoch} kept in {run.out / 'checkpoint.pt'}; resume with: "
+            f"{resume_command(run.out, config)}")
+
+
+def resume_command(out, config) -> str:
+    return f"python -m assignments {config.assignment} --out {out} --resume" + (
+        f" --data-dir {config.data_dir}" if config.data_dir else "")
 
 
 if __name__ == "__main__":

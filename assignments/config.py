@@ -7,40 +7,81 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_run_checkpoint
 from utils.precision import PRECISIONS
 
+from .outdir import CHECKPOINT, OutError, check_new, default_out, holder
 from .recipes import ASSIGNMENTS, S9_VARIANTS
 
-CHECKPOINT = "checkpoint.pt"
 # what a resumed run takes from its checkpoint (the schedule and data it started with)
 RESUMED = ("assignment", "variant", "epochs", "batch_size", "seed", "subset", "lr", "loader", "precision", "compile")
 
 
+def _integer(value) -> int | None:
+    """``value`` as an int if it spells one exactly ("5", 5), else None ("5.0", 2.5, "five")."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if str(number) == str(value).strip() else None
+
+
 def positive_int(value) -> int:
-    number = int(value)
-    if number <= 0 or str(number) != str(value).strip():
+    number = _integer(value)
+    if number is None or number <= 0:
         raise ValueError(f"must be a positive integer; got {value!r}")
     return number
 
 
 def non_negative_int(value) -> int:
-    number = int(value)
-    if number < 0 or str(number) != str(value).strip():
+    number = _integer(value)
+    if number is None or number < 0:
         raise ValueError(f"must be a non-negative integer; got {value!r}")
     return number
+
+
+SEED_MAX = 2**32 - 1  # numpy's legacy seed and the loaders' generators take 32-bit seeds
+
+
+def seed_value(value) -> int:
+    number = non_negative_int(value)
+    if number > SEED_MAX:
+        raise ValueError(f"must be an integer from 0 to {SEED_MAX}; got {value!r}")
+    return number
+
+
+GALLERY_MAX = 100  # misclassified images drawn; past this the figures stop being readable
+
+
+def gallery_size(value) -> int:
+    number = positive_int(value)
+    if number > GALLERY_MAX:
+        raise ValueError(f"must be at most {GALLERY_MAX} (images in the misclassified and Grad-CAM figures); "
+                         f"got {value!r}")
+    return number
+
+
+def path_text(value) -> str:
+    """A path given as text or ``os.PathLike``, kept as text."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a path (text); got {value!r}")
+    return value
 
 
 def lr_value(value) -> str:
     """'auto' or a positive, finite number (kept as text, as the command line gives it)."""
     if value == "auto":
         return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"must be 'auto' or a positive finite number; got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -64,16 +105,19 @@ class RunConfig:
     epochs: int | None = option(None, "default: the recipe's (S7 20, S8 24, S9 24)", check=positive_int)
     batch_size: int | None = option(None, "default: the recipe's (S7/S8 512, S9 128)", check=positive_int)
     lr: str = option("auto", "max LR of the one-cycle; 'auto' runs the LR range test", check=lr_value)
-    data_dir: str | None = option(None, "local CIFAR-10: DIR/cifar-10-batches-py or DIR/{train,test}/<class>/*.jpg")
+    data_dir: str | None = option(None, "local CIFAR-10: DIR/cifar-10-batches-py or DIR/{train,test}/<class>/*.jpg",
+                                  check=path_text)
     download: bool = option(True, "never download (use ./data or --data-dir)", flag="--no-download")
-    out: str | None = option(None, "output directory (default runs/<name>-<timestamp>)")
-    overwrite: bool = option(False, "write into an --out that already holds a run (its files are replaced)")
+    out: str | None = option(None, "output directory (default runs/<name>-<timestamp>, new for every run)",
+                             check=path_text)
+    overwrite: bool = option(False, "use an --out that already holds files: the files a run writes are removed "
+                                    "first, anything else is kept")
     device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
     precision: str = option("auto", "autocast of the forward pass; auto: bf16 where the device runs it natively "
                                     "(AVX-512 BF16/AMX CPU, CUDA 8.0+), fp16 + grad scaler on older GPUs, else fp32",
                             choices=PRECISIONS)
     compile: bool = option(False, "torch.compile the model for training and testing")
-    seed: int = option(1, "seed of weights, shuffling and augmentation", check=non_negative_int)
+    seed: int = option(1, "seed of weights, shuffling and augmentation", check=seed_value)
     subset: int | None = option(None, "use N training and N test images (quick checks)", check=positive_int)
     resume: bool = option(False, "continue the run in --out (default: the latest with a checkpoint) to its end")
     strict: bool = option(False, "stop at the training doctor's first finding")
@@ -83,21 +127,32 @@ class RunConfig:
                                  "augmented per batch; auto: fast on CUDA, classic on the CPU",
                          choices=("auto", "classic", "fast"))
     sync_bn: bool = option(False, "under torchrun on CUDA: SyncBatchNorm, BatchNorm statistics over all processes")
-    gallery: int = option(10, "misclassified images in the gallery and Grad-CAM", check=positive_int)
+    gallery: int = option(10, "misclassified images in the gallery and Grad-CAM", check=gallery_size)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value, meta = getattr(self, f.name), f.metadata
-            if value is None or value == f.default:
-                continue
             name = meta["flag"] or "--" + f.name.replace("_", "-")
+            if isinstance(f.default, bool):  # Run(overwrite="no") must not mean True
+                if not isinstance(value, bool):
+                    raise ValueError(f"{name} must be True or False; got {value!r}")
+                continue
+            if value is None and f.default is None:
+                continue
+            if value is None:
+                raise ValueError(f"{name} cannot be None (default {f.default!r})")
+            if isinstance(value, bool):  # True is an int to Python, not a count or a name
+                raise ValueError(f"{name} must not be True/False; got {value!r}")
             if meta["choices"] and value not in meta["choices"]:
                 raise ValueError(f"{name} must be one of {', '.join(meta['choices'])}; got {value!r}")
             if meta["check"]:
                 try:
                     object.__setattr__(self, f.name, meta["check"](value))
-                except ValueError as e:
+                except (TypeError, ValueError) as e:
                     raise ValueError(f"{name} {e}") from None
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other: --resume continues the run in --out, "
+                             "--overwrite replaces it")
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -133,36 +188,62 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") or "run"
 
 
-def resolve_out(config: RunConfig, name: str) -> tuple[RunConfig, Path, dict | None, list[str]]:
-    """The config to run with, its out directory, the checkpoint's saved state (a resume) and the options
-    a resume ignores. Nothing is created here; the caller's config is not changed."""
+@dataclass(frozen=True)
+class Resolved:
+    """What :func:`resolve_out` decided: the config to run with, the out folder (``unique``: a default name,
+    to be made unique when created), and for a resume the checkpoint's state and the options it ignores."""
+
+    config: RunConfig
+    out: Path
+    unique: bool = False
+    saved: dict | None = None  # the checkpoint's ``extra`` (a resume)
+    state: dict | None = None  # the whole checkpoint (a resume)
+    ignored: tuple[str, ...] = ()
+
+
+def resolve_out(config: RunConfig, name: str) -> Resolved:
+    """Where the run goes and, for ``--resume``, the config its checkpoint was started with. Nothing is created
+    or written here; the caller's config is not changed. A folder the run may not use is one line."""
     if not config.resume:
-        out = Path(config.out or f"runs/{slug(name)}-{dt.datetime.now():%Y%m%d-%H%M%S}")
-        _check_out(out, config.overwrite)
-        return config, out, None, []
+        out = Path(config.out) if config.out else default_out(slug(name))
+        check_new(out, config.overwrite)
+        return Resolved(config, out, unique=not config.out)
     out = Path(config.out) if config.out else latest_run(slug(name))
-    saved = load_checkpoint(out / CHECKPOINT)["extra"]
+    if who := holder(out):
+        raise OutError(f"--resume: {out} is in use by another run ({who}); wait for it or choose another --out")
+    state = load_run_checkpoint(out / CHECKPOINT)
+    saved = state["extra"]
     started = saved.get("config", {})
+    if config.assignment != started.get("assignment"):
+        theirs = started.get("assignment") or f"a run of recipe {saved.get('recipe', {}).get('name')!r}"
+        raise OutError(f"--resume: {out} holds {theirs}, not {config.assignment or 'this recipe'}'s run; "
+                       f"pass the --out of a {config.assignment or 'this recipe'} run")
     keep = {k: started[k] for k in RESUMED if k in started}
     defaults = RunConfig()
-    ignored = [f"{k}={getattr(config, k)!r}" for k, v in keep.items() if getattr(config, k) not in (getattr(defaults, k), v)]
-    return dataclasses.replace(config, **keep), out, saved, ignored
+    ignored = tuple(f"{k}={getattr(config, k)!r}" for k, v in keep.items()
+                    if getattr(config, k) not in (getattr(defaults, k), v))
+    return Resolved(dataclasses.replace(config, **keep), out, saved=saved, state=state, ignored=ignored)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    for parent in [out, *out.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"--out {out}: {parent} is a file, not a directory; choose another --out")
-    if not overwrite and any((out / f).exists() for f in (CHECKPOINT, "metrics.json")):
-        raise ValueError(f"--out {out} already holds a run; continue it with --resume, choose another --out, "
-                         f"or pass --overwrite to replace its files")
+def planned_epochs(state: dict) -> int | None:
+    """The number of epochs the checkpoint's run was started for."""
+    extra = state.get("extra", {})
+    return (extra.get("config") or {}).get("epochs") or (extra.get("recipe") or {}).get("epochs")
 
 
 def latest_run(prefix: str) -> Path:
-    """The newest ``runs/<prefix>-*`` folder that holds a checkpoint."""
+    """The newest ``runs/<prefix>-*`` folder with a checkpoint whose run is unfinished and held by no process."""
     runs = sorted((p for p in Path("runs").glob(f"{prefix}-*") if (p / CHECKPOINT).is_file()),
-                  key=lambda p: (p / CHECKPOINT).stat().st_mtime)
-    if not runs:
-        raise FileNotFoundError(f"--resume: no runs/{prefix}-* folder with a {CHECKPOINT}; pass --out DIR of the "
-                                f"run to resume")
-    return runs[-1]
+                  key=lambda p: (p / CHECKPOINT).stat().st_mtime, reverse=True)
+    for run in runs:
+        if holder(run):
+            continue
+        try:
+            state = load_run_checkpoint(run / CHECKPOINT, mmap=True)
+        except (RuntimeError, FileNotFoundError):
+            continue
+        planned = planned_epochs(state)
+        if planned is None or state["epoch"] < planned:
+            return run
+    raise FileNotFoundError(f"--resume: no unfinished runs/{prefix}-* run that no other process holds; pass --out "
+                            f"DIR of the run to resume")

@@ -1,6 +1,11 @@
-"""Run an assignment notebook headless: ``python -m assignments.execute S9 --set EPOCHS=1 --output OUT.ipynb``.
+"""Run a notebook headless: ``python -m assignments.execute S9 --set EPOCHS=1 --output OUT.ipynb`` (S7, S8, S9,
+template, or the path of any notebook with a cell tagged ``parameters``, e.g. a copied template).
 
-Values given with ``--set`` go into a cell inserted after the one tagged ``parameters`` (papermill's
+``--set NAME=VALUE`` takes only names the parameters cell assigns, and values that are Python literals (``1``,
+``'cpu'``, ``None``) or a bare word or path (``cpu``, ``local/data``: taken as text); values are written into the
+notebook with ``repr``, so nothing given can run as code. The values a run checks (EPOCHS, LR, DEVICE ...) are
+checked before the kernel starts, with one line naming the parameter; so are ``--output`` and ``--timeout``.
+A cell that fails is one line too. Values go into a cell inserted after the one tagged ``parameters`` (papermill's
 convention, so papermill works on these notebooks too). Once the notebook has run, that cell is taken
 out again and the run's parameters and numbers go into one markdown "run note" at the top instead:
 the written notebook keeps the defaults of its parameters cell, so *Run all* in Colab works on it
@@ -10,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -36,9 +44,7 @@ def execute_notebook(source: str | Path, parameters: dict, output: str | Path | 
     from nbclient import NotebookClient
 
     nb = nbformat.read(source, as_version=4)
-    at = next((i for i, c in enumerate(nb.cells) if "parameters" in _tags(c)), None)
-    if at is None:
-        raise ValueError(f"{source}: no cell tagged 'parameters'")
+    at = _parameters_cell(nb, source)
     parameters = dict(parameters)
     parameters.setdefault("OUT", f"runs/{Path(source).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}")
     nb.cells = [c for c in nb.cells if not {INJECTED, NOTE} & set(_tags(c))]
@@ -47,7 +53,14 @@ def execute_notebook(source: str | Path, parameters: dict, output: str | Path | 
     nb.cells.insert(at + 1, injected)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     t0 = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    except CellTimeoutError:
+        raise NotebookFailed(f"a cell of {Path(source).name} ran past --timeout {timeout} (seconds per cell)") from None
+    except CellExecutionError as e:
+        raise NotebookFailed(f"{Path(source).name}: {_cell_error(nb, e)}") from None
     minutes = (time.perf_counter() - t0) / 60
     nb.cells.remove(injected)
     metrics_path = Path(cwd) / parameters["OUT"] / "metrics.json"
@@ -58,6 +71,101 @@ def execute_notebook(source: str | Path, parameters: dict, output: str | Path | 
     if output:
         nbformat.write(nb, output)
     return nb
+
+
+class NotebookFailed(RuntimeError):
+    """A cell failed or ran past the timeout; the message is one line."""
+
+
+def _parameters_cell(nb, source) -> int:
+    at = next((i for i, c in enumerate(nb.cells) if "parameters" in _tags(c)), None)
+    if at is None:
+        raise ValueError(f"{source}: no cell tagged 'parameters'")
+    return at
+
+
+def notebook_parameters(nb, source) -> dict:
+    """The names the parameters cell assigns, with their default values (None where not a literal)."""
+    tree = ast.parse(nb.cells[_parameters_cell(nb, source)].source)
+    names = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    try:
+                        names[target.id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        names[target.id] = None
+    return names
+
+
+BARE = re.compile(r"[\w./:~+-]+")  # a word or a path, taken as text
+
+
+def parse_sets(items: list[str], defined: dict) -> dict:
+    """``--set`` items -> {NAME: value}; a name the parameters cell does not assign, a missing ``=`` or a value
+    that is neither a literal nor a bare word is one line (ValueError)."""
+    params = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq:
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE, e.g. --set EPOCHS=1")
+        if name not in defined:
+            raise ValueError(f"--set {name}: the notebook's parameters cell has no {name!r}; it defines "
+                             f"{', '.join(defined)}")
+        try:
+            params[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            if not BARE.fullmatch(value):
+                raise ValueError(f"--set {name}: {value!r} is not a Python literal; quote text, e.g. "
+                                 f"--set \"{name}='...'\"") from None
+            params[name] = value
+    return params
+
+
+def check_parameters(params: dict, defaults: dict) -> None:
+    """The run options among ``params`` (EPOCHS -> epochs ...) checked as the run will check them, before the
+    notebook starts; the message names the notebook parameter, not the command-line option."""
+    from .config import RunConfig
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    if "OUT" in params and not isinstance(params["OUT"], str):
+        raise ValueError(f"OUT={params['OUT']!r}: the runner reads the run's metrics from its out folder; give a "
+                         f"path, or leave OUT out (runs/<notebook>-<timestamp>)")
+    given = {k.lower(): v for k, v in {**defaults, **params}.items() if k.lower() in fields}
+    try:
+        config = RunConfig(**given)
+    except (TypeError, ValueError) as e:
+        message = str(e)
+        for k in given:
+            message = message.replace("--" + k.replace("_", "-"), k.upper())
+        raise ValueError(message) from None
+    if config.device == "cuda":
+        from utils.seed import pick_device
+
+        try:
+            pick_device("cuda")
+        except ValueError:
+            raise ValueError("DEVICE='cuda': no CUDA GPU is visible to torch here; use 'cpu' or 'auto'") from None
+
+
+def _check_output(output: Path) -> None:
+    parent = output.parent if str(output.parent) else Path(".")
+    if output.is_dir():
+        raise ValueError(f"--output {output}: a directory; give the notebook file to write")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"--output {output}: {parent} is not a writable directory")
+
+
+def _cell_error(nb, e) -> str:
+    """One line for a failed cell: its number and the exception, without ANSI colours."""
+    number = next((i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error"
+                                                            for o in c.get("outputs", []))), None)
+    where = f"cell {number}" if number is not None else "a cell"
+    ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", f"{ename}: {evalue}").strip().splitlines()
+    return f"{where} failed: {text[-1] if text else ename}"
 
 
 def run_note(metrics: dict | None, parameters: dict, command: str, minutes: float | None = None) -> str:
@@ -82,24 +190,47 @@ def _command(name: str, parameters: dict, output) -> str:
     return f"python -m assignments.execute {name} {sets} --output {output or '-'}"
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m assignments.execute",
-                                description="Run an assignment notebook headless and write it with a run note.")
-    p.add_argument("assignment", choices=["S7", "S8", "S9", "template"], help="the notebook assignments/NAME.ipynb")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a Python literal, e.g. EPOCHS=1")
+                                description="Run a notebook headless and write it with a run note.")
+    p.add_argument("notebook", help="S7, S8, S9, template (assignments/NAME.ipynb) or the path of a notebook with "
+                                    "a cell tagged 'parameters'")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter of the notebook's parameters cell: a Python literal or a bare word, e.g. EPOCHS=1")
     p.add_argument("--output", required=True, help="where to write the executed notebook")
-    p.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    p.add_argument("--timeout", type=_positive, default=3600, help="seconds per cell (default 3600)")
     args = p.parse_args(argv)
-    params = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        try:
-            params[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[name] = value  # a bare string such as DEVICE=cpu
-    execute_notebook(REPO / "assignments" / f"{args.assignment}.ipynb", params, args.output, args.timeout)
+    import nbformat
+
+    source = Path(args.notebook) if args.notebook.endswith(".ipynb") else REPO / "assignments" / f"{args.notebook}.ipynb"
+    try:
+        if not source.is_file():
+            raise ValueError(f"{args.notebook}: no such notebook; give S7, S8, S9, template or a path to a .ipynb")
+        defaults = notebook_parameters(nbformat.read(source, as_version=4), source)
+        params = parse_sets(args.set, defaults)
+        check_parameters(params, defaults)
+        _check_output(Path(args.output))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        execute_notebook(source, params, args.output, args.timeout, command=_command(args.notebook, params, args.output))
+    except NotebookFailed as e:
+        print(f"error: {e}; {args.output} was not written", file=sys.stderr)
+        return 1
     print(f"wrote {args.output}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds; got {text!r}")
+    return value
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,9 +22,9 @@ from torch import nn
 from utils import distributed, plots
 from utils.attention import attention_stats, entropy_per_block, ultimus_blocks
 from utils.checks import batch_independence, returns_log_probs
-from utils.data import CLASSES, channel_stats, load_cifar10
+from utils.data import CLASSES, channel_stats, fingerprint, load_cifar10
 from utils.doctor import Doctor
-from utils.lr import LRSearch, find_lr, one_cycle
+from utils.lr import LRSearch, check_one_cycle_length, find_lr, one_cycle
 from utils.metrics import class_accuracy, class_accuracy_table, confusion, misclassified
 from utils.precision import Precision
 from utils.progress import say
@@ -34,7 +34,9 @@ from utils.seed import pick_device, set_seed
 from utils.summary import count_params, model_summary, summary_text
 from utils.train import fit, predict
 
-from .config import CHECKPOINT, RunConfig, resolve_out
+from .config import RunConfig, resolve_out
+from .outdir import CHECKPOINT, claim, release
+from .resume import check_resumable
 from .recipes import recipe as builtin_recipe
 
 PROBE_IMAGES = 256  # S9's per-epoch attention entropy: test images spread evenly over the classes
@@ -47,23 +49,35 @@ class Run:
 
     def __init__(self, config: RunConfig | None = None, *, recipe: Recipe | None = None,
                  model: nn.Module | Callable[[], nn.Module] | None = None, **options):
+        if config is not None and options:
+            raise ValueError(f"Run: pass the options in the RunConfig or as keywords, not both (got {', '.join(options)} "
+                             f"beside a RunConfig)")
         config = config or RunConfig(**options)
         if recipe is None and config.assignment is None:
             raise ValueError("Run needs assignment='S7'|'S8'|'S9' or recipe=Recipe(...) with a model")
-        self.recipe = recipe or builtin_recipe(config.assignment, config.variant)
-        self.model_source = model if model is not None else self.recipe.model
-        if self.model_source is None:
-            raise ValueError(f"Run: recipe {self.recipe.name!r} has no model; pass model=... (an nn.Module or a factory)")
+        if recipe is not None and not isinstance(recipe, Recipe):
+            raise ValueError(f"Run: recipe must be a utils.Recipe; got {type(recipe).__name__}")
+        name = recipe.name if recipe else builtin_recipe(config.assignment, config.variant).name
         self.device = pick_device(config.device)
         self.world = distributed.init(self.device.type)  # torchrun: this process's rank; else a single process
         if self.device.type == "cuda" and self.world.size > 1:
             self.device = torch.device("cuda", self.world.local_rank)
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("--precision fp16 runs on CUDA only (on the CPU it measured ~100x slower than fp32); "
+                             "use bf16 or fp32 there")
         if config.sync_bn and not (self.world.size > 1 and self.device.type == "cuda"):
             raise ValueError("--sync-bn needs torchrun with more than one process on CUDA")
-        # a resume reads its checkpoint: the schedule and data it started with; options it cannot change are named
-        # (under torchrun rank 0 decides, e.g. the timestamped out folder, and the others take its answer)
-        self.config, self.out, self.saved, self.ignored = distributed.broadcast(
-            resolve_out(config, self.recipe.name) if self.world.main else None)
+        # the out folder; a resume reads its checkpoint: the schedule and data it started with, and names the
+        # options it cannot change (under torchrun rank 0 decides and the others take its answer)
+        resolved = distributed.decided(lambda: resolve_out(config, name))
+        self.config, self.out, self.saved, self.ignored = (resolved.config, resolved.out, resolved.saved,
+                                                           list(resolved.ignored))
+        self._state, self._unique = resolved.state, resolved.unique
+        # a resumed built-in run takes its recipe from the resolved config (the variant it was started with)
+        self.recipe = recipe or builtin_recipe(self.config.assignment, self.config.variant)
+        self.model_source = model if model is not None else self.recipe.model
+        if self.model_source is None:
+            raise ValueError(f"Run: recipe {self.recipe.name!r} has no model; pass model=... (an nn.Module or a factory)")
         self.epochs = self.config.epochs or self.recipe.epochs
         self.batch_size = self.config.batch_size or self.recipe.batch_size
         self.t0 = time.perf_counter()
@@ -87,24 +101,22 @@ class Run:
 
     # --- steps -----------------------------------------------------------------------------------
     def setup(self) -> "Run":
-        """Seed, load data, compute the mean/std, build loaders, model, optimizer and loss; check the model."""
+        """Seed, load data, compute the mean/std, build loaders, model, optimizer and loss; check the model and,
+        for a resume, that the checkpoint is this run's. Only then the out folder is created and locked, so a
+        setup that fails writes nothing."""
         c, r = self.config, self.recipe
         set_seed(c.seed)
         self.precision = Precision(c.precision, self.device, channels_last=r.channels_last)
         distributed.barrier()  # every rank has checked --out before rank 0 creates anything
         with distributed.main_first():  # rank 0 downloads (if it must), then the others read
             data = load_cifar10(c.data_dir, download=c.download)
-        try:  # only now, so a failed setup leaves no empty run folder behind
-            if self.world.main:
-                self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"--out {self.out}: cannot create it ({e.strerror})") from None
         self.mean, self.std = channel_stats(data.train.images)
         subset = c.subset if c.subset and c.subset < len(data.train) else None  # a larger one means everything
         self.train_split, self.test_split = data.train.subset(subset, c.seed), data.test.subset(subset, c.seed)
         # under torchrun the train and eval loaders are this rank's shards; test_loader (figures) is whole
         self.train_loader, self.eval_loader = self._loaders(self.world)
         self.test_loader = self._loaders()[1] if self.world.size > 1 else self.eval_loader
+        check_one_cycle_length(self.epochs, len(self.train_loader))
         model = self.model_source if isinstance(self.model_source, nn.Module) else self.model_source()
         if c.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -119,9 +131,22 @@ class Run:
         if c.compile:
             self.step_model = torch.compile(self.step_model)
         self.criterion = r.criterion()
+        data_line = data.source + (f", subset of {subset}" if subset else "")
+        self.identity = {"recipe": r.name, "model": type(self.model).__name__, "data": data_line,
+                         "train_images": len(self.train_split), "test_images": len(self.test_split),
+                         "data_fingerprint": fingerprint(self.train_split, self.test_split)}
+        if c.resume:
+            check_resumable(self._state, self.identity, self.model, self.out)
+        with torch.random.fork_rng(devices=[]):  # the checks draw no numbers from the run's RNG
+            mixing = batch_independence(self.model)
+            self.log_probs = returns_log_probs(self.model)
+        # only now: a failed setup leaves no run folder and writes into no existing one
+        self.out = distributed.decided(lambda: claim(self.out, unique=self._unique, overwrite=c.overwrite,
+                                                     resume=c.resume, command=_command(self.world)))
+        self.log_path = self.out / "log.txt"
         self.result = RunResult(
             name=r.name, model=type(self.model).__name__, params=count_params(self.model),
-            data=data.source + (f", subset of {subset}" if subset else ""), device=_device_name(self.device),
+            data=data_line, device=_device_name(self.device),
             precision=repr(self.precision), epochs=self.epochs, assignment=c.assignment,
             config=dataclasses.asdict(c), recipe=r.to_dict(),
             commands=(self.saved.get("commands", []) if self.saved else []) + [_command(self.world)],
@@ -136,11 +161,15 @@ class Run:
                      + ("; SyncBatchNorm" if c.sync_bn else ""))
         self.log(f"data: {self.result.data}: {len(self.train_split)} train / {len(self.test_split)} test images; "
                  f"mean {tuple(round(m, 4) for m in self.mean)} std {tuple(round(s, 4) for s in self.std)}")
+        for note in data.notes:
+            self.log(f"data: {note}")
         if c.subset and not subset:
             self.log(f"--subset {c.subset}: the data has {len(data.train)} training images; all of them are used")
         if self.ignored:
             self.log(f"resume: ignored {', '.join(self.ignored)}: a resumed run keeps the options it was started with")
-        self._check_model()
+        self.result.checks.update(batch_independence=mixing, log_probs=self.log_probs)
+        self.log(f"model check: an image's outputs alone vs in a batch of 64 differ by {mixing:.1e} (relative)"
+                 + ("; the model returns log-probabilities" if self.log_probs else ""))
         return self
 
     def _loaders(self, world: distributed.World = distributed.World()):
@@ -155,15 +184,6 @@ class Run:
         return make_loaders(self.train_split, self.test_split, r.augment, self.mean, self.std, self.batch_size,
                             seed=c.seed, num_workers=workers, pin_memory=self.device.type == "cuda",
                             eval_batch_size=eval_batch, world=world)
-
-    def _check_model(self) -> None:
-        """Per-image independence and log-probability outputs, measured on the fresh model (eval mode)."""
-        with torch.random.fork_rng(devices=[]):  # the checks draw no numbers from the run's RNG
-            mixing = batch_independence(self.model)
-            self.log_probs = returns_log_probs(self.model)
-        self.result.checks.update(batch_independence=mixing, log_probs=self.log_probs)
-        self.log(f"model check: an image's outputs alone vs in a batch of 64 differ by {mixing:.1e} (relative)"
-                 + ("; the model returns log-probabilities" if self.log_probs else ""))
 
     def show_augmented(self, n: int = 16):
         """A grid of training images after augmentation."""
@@ -234,20 +254,21 @@ class Run:
 
         def extra():  # saved with every epoch's checkpoint, for --resume
             return {"config": res.config, "max_lr": res.max_lr, "lr_search": res.lr_search, "recipe": res.recipe,
-                    "commands": res.commands, "wall_seconds": self._wall(),
+                    "commands": res.commands, "wall_seconds": self._wall(), "identity": self.identity,
                     "attention_entropy_start": res.checks.get("attention_entropy_start")}
         try:
-            res.history = fit(self.step_model, self.train_loader, self.eval_loader, optimizer, self.criterion,
-                              self.device, self.epochs, scheduler, checkpoint=self.out / CHECKPOINT,
-                              resume=bool(self.saved), doctor=self.doctor, log=self.log, extra=extra,
-                              precision=self.precision, measure=measure)
+            fit(self.step_model, self.train_loader, self.eval_loader, optimizer, self.criterion, self.device,
+                self.epochs, scheduler, checkpoint=self.out / CHECKPOINT, resume=self._state or False,
+                doctor=self.doctor, log=self.log, extra=extra, precision=self.precision, measure=measure,
+                history=res.history)  # filled epoch by epoch: an interrupted run still reports what it trained
             res.checks["batch_independence_end"] = batch_independence(self.model)  # the trained model, eval mode
             if self.doctor:
                 self.doctor.check_batch_dependence(res.history[-1]["step"], res.checks["batch_independence_end"])
-        finally:
+        finally:  # metrics.json says what was trained (the epochs checkpointed), never less
             if self.doctor:
                 res.health = self.doctor.report()
                 res.checks["doctor"] = self.doctor.judged(res.history[-1]["step"] if res.history else 0)
+            if res.history and self.world.main:
                 self.write_metrics()
         return res.history
 
@@ -350,8 +371,19 @@ class Run:
         print("\n".join(f"{p}  ({p.stat().st_size:,} bytes)" for p in paths))
         return paths
 
+    def close(self) -> None:
+        """Release the out folder's lock, so another process may resume or read the run (ending this process
+        does it too; ``run_all`` does it when it returns)."""
+        release(self.out)
+
     def run_all(self) -> int:
         """Every step in order, as ``python -m assignments`` runs them; 0, or 2 if the doctor stopped the run."""
+        try:
+            return self._run_all()
+        finally:
+            self.close()
+
+    def _run_all(self) -> int:
         from utils.doctor import TrainingStopped
 
         self.setup()

@@ -56,6 +56,7 @@ def test_resume_after_a_crash_matches_the_straight_run(batches_dir, tmp_path):
     run.train_loader = StopAtEpoch(run.train_loader, 2)
     with pytest.raises(Interrupted):
         run.train()
+    run.close()  # the out folder's lock: held by this process until then
     # ... and resumed from the command line, which takes epochs, batch size, LR and seed from the checkpoint
     p = cli("S9", "--data-dir", batches_dir, "--device", "cpu", "--out", tmp_path / "crashed", "--resume")
     assert p.returncode == 0, p.stderr

@@ -1,4 +1,6 @@
 """Both --data-dir layouts, float64 statistics, augmentations, one-line errors."""
+import pickle
+import shutil
 import urllib.error
 import warnings
 
@@ -52,7 +54,7 @@ def test_batches_layout_loads_the_same_pixels_and_labels(tmp_path):
 
 def _tree(tmp_path, n=2):
     for split in ("train", "test"):
-        for c in CLASSES[:2]:
+        for c in CLASSES:
             (tmp_path / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / split / c / f"{i}.png")
@@ -66,7 +68,9 @@ def _tree(tmp_path, n=2):
     ("wrong_size", "expected a 32x32 RGB image; got 40x32 RGB"),
     ("grayscale", "expected a 32x32 RGB image; got 32x32 L"),
     ("undecodable", "cannot be decoded"),
-    ("empty_split", "empty split"),
+    ("empty_split", "test/airplane: no images of class 'airplane'"),
+    ("missing_class", "train: no folder for class 'truck'"),
+    ("class_is_a_file", "train/truck: a file, not a folder of truck images"),
     ("bad_batch", "data_batch_1: not a CIFAR-10 batch file"),
     ("missing_batch", "data_batch_2: missing"),
 ])
@@ -89,6 +93,11 @@ def test_bad_input_raises_one_clear_line(tmp_path, case, pattern):
         for c in CLASSES[:2]:
             for f in (root / "test" / c).iterdir():
                 f.unlink()
+    elif case == "missing_class":
+        shutil.rmtree(root / "train" / "truck")
+    elif case == "class_is_a_file":
+        shutil.rmtree(root / "train" / "truck")
+        (root / "train" / "truck").write_text("not a folder")
     elif case == "bad_batch":
         (root / "cifar-10-batches-py").mkdir(parents=True)
         for name in ("data_batch_1", "test_batch"):
@@ -99,6 +108,33 @@ def test_bad_input_raises_one_clear_line(tmp_path, case, pattern):
     with pytest.raises(DataError, match=pattern) as e:
         load_cifar10(root)
     assert "\n" not in str(e.value)
+
+
+def test_a_tampered_batch_file_runs_no_code(tmp_path):
+    """A pickle whose payload would create a file: refused by the loader before anything is called."""
+    import os
+
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    write_batches(tmp_path, colour_task(20, 10))
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump({"data": Payload(), "labels": [0]}, f)
+    with pytest.raises(DataError, match=r"data_batch_1: not a CIFAR-10 batch file .*refused to load (posix|os)\.system"):
+        load_cifar10(tmp_path)
+    assert not marker.exists()
+
+
+def test_files_in_nested_folders_are_named_not_skipped_silently(tmp_path):
+    _tree(tmp_path)
+    (tmp_path / "train" / "cat" / "more").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "train" / "cat" / "more" / "x.png")
+    data = load_cifar10(tmp_path)
+    assert len(data.train) == 20 and len(data.notes) == 1
+    assert "1 file(s) in folders below the class folders were not read" in data.notes[0]
 
 
 def test_failed_download_says_offline_and_which_layouts_work(monkeypatch, tmp_path):

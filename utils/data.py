@@ -6,9 +6,10 @@ Bad input raises :class:`DataError` with one line that says what is wrong and wh
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,24 @@ class ImageSplit:
 
 @dataclass
 class CifarData:
-    """Both splits and a line naming where they came from (goes into metrics.json and the report)."""
+    """Both splits and a line naming where they came from (goes into metrics.json and the report); ``notes``
+    are what the loader saw but did not use (logged by the run)."""
 
     train: ImageSplit
     test: ImageSplit
     source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def fingerprint(*splits: ImageSplit) -> str:
+    """A short hash of the splits' labels and of every 97th image: equal for the same data wherever it lies,
+    different when a resume would continue on other images."""
+    h = hashlib.sha1()
+    for split in splits:
+        h.update(np.int64(len(split)).tobytes())
+        h.update(np.ascontiguousarray(split.labels).tobytes())
+        h.update(np.ascontiguousarray(split.images[::97]).tobytes())
+    return h.hexdigest()[:16]
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -92,8 +106,9 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Tru
         return _from_batches(batches)
     if (d / "train").is_dir() and (d / "test").is_dir():
         jpeg = any((d / "train").glob("*/*.jp*g"))
-        return CifarData(_from_folder(d / "train"), _from_folder(d / "test"),
-                         f"CIFAR-10 ({'JPEG copy' if jpeg else 'image folders'}) in {d}")
+        (train, train_notes), (test, test_notes) = _from_folder(d / "train"), _from_folder(d / "test")
+        return CifarData(train, test, f"CIFAR-10 ({'JPEG copy' if jpeg else 'image folders'}) in {d}",
+                         train_notes + test_notes)
     raise DataError(f"--data-dir {d}: unrecognised layout; expected {LAYOUTS}")
 
 
@@ -111,16 +126,37 @@ def _download(root: str, download: bool) -> CifarData:
     return CifarData(split(train), split(test), f"CIFAR-10 (torchvision download in {root})")
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch (a dict of bytes, lists, ints and numpy arrays) and nothing else: any other
+    global a pickle names (``os.system``, a class of ours ...) is refused before it is looked up, so a
+    tampered file cannot run code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays and lists")
+
+
+def _load_batch(f) -> dict:
+    return _BatchUnpickler(f, encoding="latin1").load()
+
+
 def _from_batches(batches: Path) -> CifarData:
-    # Read the pickles directly: torchvision re-checks each file's md5 even with download=False,
-    # which rejects any copy that is not byte-identical; we check shapes and labels instead.
+    # Read the pickles directly (torchvision re-checks each file's md5 even with download=False, which rejects
+    # any copy that is not byte-identical) with an unpickler that admits only what a batch holds; shapes and
+    # labels are checked after.
     def read(names: list[str]) -> ImageSplit:
         images, labels = [], []
         for name in names:
             path = batches / name
             try:
                 with open(path, "rb") as f:
-                    entry = pickle.load(f, encoding="latin1")
+                    entry = _load_batch(f)
                 data = np.asarray(entry["data"], dtype=np.uint8)
                 lab = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
             except FileNotFoundError:
@@ -137,16 +173,27 @@ def _from_batches(batches: Path) -> CifarData:
     return CifarData(train, read(["test_batch"]), f"cifar-10-batches-py in {batches.parent}")
 
 
-def _from_folder(split_dir: Path) -> ImageSplit:
+def _from_folder(split_dir: Path) -> tuple[ImageSplit, list[str]]:
+    """One split of a class-per-folder tree and notes on what it skipped (files in nested folders)."""
     from PIL import Image, UnidentifiedImageError
 
-    class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
-    unknown = [p.name for p in class_dirs if p.name not in CLASSES]
+    entries = {p.name: p for p in split_dir.iterdir()}
+    unknown = [n for n, p in sorted(entries.items()) if p.is_dir() and n not in CLASSES]
     if unknown:
         raise DataError(f"{split_dir}: unknown class folder(s) {unknown}; expected names from {list(CLASSES)}")
-    images, labels = [], []
-    for class_dir in class_dirs:
-        for path in sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for name in CLASSES:
+        if name not in entries:
+            raise DataError(f"{split_dir}: no folder for class {name!r}; expected one folder per class {list(CLASSES)}")
+        if not entries[name].is_dir():
+            raise DataError(f"{split_dir / name}: a file, not a folder of {name} images")
+    images, labels, nested = [], [], 0
+    for name in CLASSES:
+        class_dir = entries[name]
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        nested += sum(1 for p in class_dir.rglob("*") if p.is_file() and p.parent != class_dir)
+        if not files:
+            raise DataError(f"{class_dir}: no images of class {name!r}")
+        for path in files:
             try:
                 with Image.open(path) as im:
                     mode, size = im.mode, im.size
@@ -156,10 +203,10 @@ def _from_folder(split_dir: Path) -> ImageSplit:
             if mode != "RGB" or size != (32, 32):
                 raise DataError(f"{path}: expected a 32x32 RGB image; got {size[0]}x{size[1]} {mode}")
             images.append(arr)
-            labels.append(CLASSES.index(class_dir.name))
-    if not images:
-        raise DataError(f"{split_dir}: empty split (no images in any class folder)")
-    return _checked(ImageSplit(np.stack(images), np.asarray(labels, dtype=np.int64)), str(split_dir))
+            labels.append(CLASSES.index(name))
+    notes = [f"{split_dir}: {nested} file(s) in folders below the class folders were not read (only "
+             f"<class>/<image> is)"] if nested else []
+    return _checked(ImageSplit(np.stack(images), np.asarray(labels, dtype=np.int64)), str(split_dir)), notes
 
 
 def _checked(split: ImageSplit, where: str) -> ImageSplit:

@@ -79,15 +79,49 @@ def barrier() -> None:
         dist.barrier()
 
 
+class _Failed:
+    """What rank 0 broadcasts when its part failed: the others raise the same error (one line on every rank)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
 @contextlib.contextmanager
 def main_first():
-    """Rank 0 runs the block first (e.g. a download), the others after it: no two processes write one file."""
+    """Rank 0 runs the block first (e.g. a download), the others after it: no two processes write one file.
+    If rank 0's block raises, every rank raises the same error (no rank is left waiting)."""
     world = current()
+    if world.size == 1:
+        yield
+        return
     if not world.main:
-        barrier()
-    yield
-    if world.main:
-        barrier()
+        if isinstance(failed := broadcast(None), _Failed):
+            raise failed.error
+        yield
+        return
+    try:
+        yield
+    except Exception as e:
+        broadcast(_Failed(e))
+        raise
+    broadcast(None)
+
+
+def decided(compute):
+    """``compute()`` on rank 0, its result on every rank; if it raises, every rank raises the same error."""
+    if current().size == 1:
+        return compute()
+    result = None
+    if current().main:
+        try:
+            result = compute()
+        except Exception as e:
+            broadcast(_Failed(e))
+            raise
+    result = broadcast(result)
+    if isinstance(result, _Failed):
+        raise result.error
+    return result
 
 
 def broadcast(obj, src: int = 0):

@@ -74,6 +74,16 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
     return LRSearch(suggested, min_loss, list(map(float, lrs)), list(map(float, losses)))
 
 
+def check_one_cycle_length(epochs: int, steps_per_epoch: int) -> int:
+    """The run's step count, or one line when it is too short for :func:`one_cycle` (fewer than 3 steps)."""
+    total = epochs * steps_per_epoch
+    if total < 3:
+        raise ValueError(f"one-cycle needs at least 3 training steps; this run has {total} ({epochs} epoch(s) x "
+                         f"{steps_per_epoch} batch(es)): use more images (--subset), more --epochs or a smaller "
+                         f"--batch-size")
+    return total
+
+
 def one_cycle(optimizer, max_lr: float, epochs: int, steps_per_epoch: int, peak_epoch: int = 5,
               div_factor: float = 25.0) -> torch.optim.lr_scheduler.OneCycleLR:
     """The assignments' one-cycle: linear warm-up from max_lr/div_factor to ``max_lr`` at ``peak_epoch``,
@@ -82,11 +92,7 @@ def one_cycle(optimizer, max_lr: float, epochs: int, steps_per_epoch: int, peak_
     With fewer epochs than ``peak_epoch`` the peak moves to the middle of the run. A very short run keeps at
     least two warm-up steps and one anneal step (torch's OneCycleLR divides by each phase's length).
     """
-    total = epochs * steps_per_epoch
-    if total < 3:
-        raise ValueError(f"one-cycle needs at least 3 training steps; this run has {total} ({epochs} epoch(s) x "
-                         f"{steps_per_epoch} batch(es)): use more images (--subset), more --epochs or a smaller "
-                         f"--batch-size")
+    total = check_one_cycle_length(epochs, steps_per_epoch)
     pct_start = min(max(min(peak_epoch / epochs, 0.5), 2 / total), (total - 1) / total)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                                pct_start=pct_start, anneal_strategy="linear", div_factor=div_factor,

@@ -13,13 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_save, load_checkpoint, unwrap
+from .checkpoint import atomic_save, load_run_checkpoint, unwrap
 from .distributed import all_reduce_sum, all_reduce_tensor, current
 from .doctor import Doctor, Finding, TrainingStopped, batch_stats
 from .precision import Precision
 from .progress import progress
 
 SYNC_EVERY = 10  # train steps between reads of the device's numbers (the progress bar's refresh too)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`fit`: where it hit (``epoch``, ``step``) and the last epoch checkpointed."""
+
+    def __init__(self, epoch: int | None = None, step: int | None = None, saved_epoch: int | None = None):
+        super().__init__(epoch, step, saved_epoch)
+        self.epoch, self.step, self.saved_epoch = epoch, step, saved_epoch
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, scheduler=None,
@@ -76,26 +84,29 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, device, sche
                         **health, refresh=False)
 
     bar = progress(loader, desc=desc, leave=False)
-    for x, y in bar:
-        x, y = precision.inputs(x), y.to(device, non_blocking=True)
-        step += 1
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            logits = model(x).float()  # (B, C), fp32 whatever the autocast dtype
-        loss = criterion(logits, y)
-        pending.append((step, batch_stats(F.cross_entropy(logits.detach(), y) if smoothed else loss, logits, y)))
-        if len(pending) == sync_every:  # before backward: the doctor sees steps in order, before their gradients
+    try:
+        for x, y in bar:
+            x, y = precision.inputs(x), y.to(device, non_blocking=True)
+            step += 1
+            optimizer.zero_grad(set_to_none=True)
+            with precision.autocast():
+                logits = model(x).float()  # (B, C), fp32 whatever the autocast dtype
+            loss = criterion(logits, y)
+            pending.append((step, batch_stats(F.cross_entropy(logits.detach(), y) if smoothed else loss, logits, y)))
+            if len(pending) == sync_every:  # before backward: the doctor sees steps in order, before their gradients
+                read()
+            precision.backward(loss)  # under torchrun, DistributedDataParallel averages the gradients here
+            precision.unscale(optimizer)
+            if doctor:
+                watch(doctor.check_gradients, step, model, precision.overflow_expected)
+            precision.step(optimizer)
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step()
+        if pending:
             read()
-        precision.backward(loss)  # under torchrun, DistributedDataParallel averages the gradients here
-        precision.unscale(optimizer)
-        if doctor:
-            watch(doctor.check_gradients, step, model, precision.overflow_expected)
-        precision.step(optimizer)
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-    if pending:
-        read()
+    except KeyboardInterrupt:
+        raise Interrupted(step=step) from None
     if world.size > 1 and all_reduce_sum([len(held)], device)[0]:  # a stop held at the epoch's last read
         raise _stop(held, step)
     return {"loss": total_loss / max(seen, 1), "acc": 100 * correct / max(seen, 1), "lr": lr, "steps": step}
@@ -139,51 +150,71 @@ def format_test_line(metrics: dict) -> str:
 
 
 def fit(model, train_loader, test_loader, optimizer, criterion, device, epochs: int, scheduler=None,
-        checkpoint: str | Path | None = None, resume: bool = False, doctor: Doctor | None = None,
-        log=print, extra=None, precision: Precision | None = None, measure=None) -> list[dict]:
+        checkpoint: str | Path | None = None, resume: bool | dict = False, doctor: Doctor | None = None,
+        log=print, extra=None, precision: Precision | None = None, measure=None,
+        history: list | None = None) -> list[dict]:
     """Train ``epochs`` epochs, test after each, checkpoint atomically each epoch; returns the history.
 
-    With ``resume`` the model, optimizer, scheduler, history and doctor findings come back from
-    ``checkpoint`` and training continues to the same final epoch. ``extra`` (plain data, or a function
-    returning it, called at each save) is saved alongside.
+    With ``resume`` (True, or the checkpoint already loaded by :func:`utils.checkpoint.load_run_checkpoint`)
+    the model, optimizer, scheduler, history and doctor findings come back from ``checkpoint`` and training
+    continues to the same final epoch. ``extra`` (plain data, or a function returning it, called at each save)
+    is saved alongside. ``history`` (optional) is the list filled epoch by epoch, so a caller sees the epochs
+    done even when training stops early; Ctrl-C raises :class:`Interrupted` saying where.
     ``precision`` (default fp32) is used for training and testing; an fp16 scaler's state is checkpointed.
     ``measure`` (optional) is called after each epoch's test; its dict joins that epoch's history entry.
     """
     precision = precision or Precision("fp32", device)
     world = current()  # under torchrun only rank 0 writes the checkpoint
-    history, start = [], 0
+    history = [] if history is None else history
+    start = 0
     if resume:
-        state = load_checkpoint(checkpoint, map_location=device)
+        state = resume if isinstance(resume, dict) else load_run_checkpoint(checkpoint, map_location=device)
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         if state.get("precision"):
             precision.load_state_dict(state["precision"])
-        history, start = state["history"], state["epoch"]
+        history[:], start = state["history"], state["epoch"]
         if doctor:
             doctor.findings = [Finding(**f) for f in state.get("health", [])]
         log(f"resumed from {checkpoint} after epoch {start}")
     step = history[-1]["step"] if history else 0
-    for epoch in range(start + 1, epochs + 1):
-        t0 = time.perf_counter()
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        log(f"EPOCH: {epoch}")
-        tr = train_one_epoch(model, train_loader, optimizer, criterion, device, scheduler, doctor, step,
-                             desc=f"epoch {epoch}/{epochs}", precision=precision)
-        step = tr["steps"]
-        te = evaluate(model, test_loader, device, precision)
-        history.append({"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"],
-                        "test_acc": te["acc"], "lr": tr["lr"], "step": step, "pred_counts": te["pred_counts"],
-                        "seconds": round(time.perf_counter() - t0, 2), **(measure() if measure else {})})
-        log(f"Train: Loss={tr['loss']:.4f} Accuracy={tr['acc']:.2f}% LR={tr['lr']:.3e}")
-        log(format_test_line(te))
-        if doctor and epoch == epochs:  # early epochs may crowd (a fresh S9 does); the end may not
-            doctor.check_predictions(step, te["pred_counts"])
-        if checkpoint and world.main:
-            atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                         "precision": precision.state_dict(), "epoch": epoch, "history": history, "health": doctor.report() if doctor else [],
-                         "extra": (extra() if callable(extra) else extra) or {}}, checkpoint)
+    epoch = start
+    try:
+        for epoch in range(start + 1, epochs + 1):
+            step = _epoch(model, train_loader, test_loader, optimizer, criterion, device, epoch, epochs, scheduler,
+                          checkpoint, doctor, log, extra, precision, measure, history, step, world)
+    except Interrupted as e:
+        raise Interrupted(epoch, e.step, history[-1]["epoch"] if history else None) from None
+    except KeyboardInterrupt:  # during the test pass or the checkpoint
+        raise Interrupted(epoch, step, history[-1]["epoch"] if history else None) from None
     return history
+
+
+def _epoch(model, train_loader, test_loader, optimizer, criterion, device, epoch, epochs, scheduler, checkpoint,
+           doctor, log, extra, precision, measure, history, step, world) -> int:
+    """One epoch of :func:`fit`: train, test, log, append to ``history``, checkpoint; returns the step count."""
+    t0 = time.perf_counter()
+    if hasattr(train_loader, "set_epoch"):
+        train_loader.set_epoch(epoch)
+    log(f"EPOCH: {epoch}")
+    tr = train_one_epoch(model, train_loader, optimizer, criterion, device, scheduler, doctor, step,
+                         desc=f"epoch {epoch}/{epochs}", precision=precision)
+    step = tr["steps"]
+    te = evaluate(model, test_loader, device, precision)
+    entry = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"],
+             "test_acc": te["acc"], "lr": tr["lr"], "step": step, "pred_counts": te["pred_counts"],
+             "seconds": round(time.perf_counter() - t0, 2), **(measure() if measure else {})}
+    log(f"Train: Loss={tr['loss']:.4f} Accuracy={tr['acc']:.2f}% LR={tr['lr']:.3e}")
+    log(format_test_line(te))
+    if checkpoint and world.main:
+        atomic_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                     "precision": precision.state_dict(), "epoch": epoch, "history": history + [entry],
+                     "health": doctor.report() if doctor else [],
+                     "extra": (extra() if callable(extra) else extra) or {}}, checkpoint)
+    history.append(entry)  # after the checkpoint: the history holds exactly the epochs on disk
+    if doctor and epoch == epochs:  # early epochs may crowd (a fresh S9 does); the end may not
+        doctor.check_predictions(step, te["pred_counts"])
+    return step

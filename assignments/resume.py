@@ -1,0 +1,47 @@
+"""Is a checkpoint this run's? ``--resume`` compares what the checkpoint was trained with (recipe, model class,
+parameter names and shapes, data and its size) with the run about to continue it, before anything is written;
+a mismatch is one line naming it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from utils.checkpoint import unwrap
+
+
+class ResumeError(ValueError):
+    """A checkpoint that is not the run's; the message is one line."""
+
+
+def check_resumable(state: dict, identity: dict, model: nn.Module, out: Path) -> None:
+    """Raise :class:`ResumeError` unless ``state`` (a checkpoint) continues the run described by ``identity``
+    (``Run.identity``: recipe, model, data, image counts, data fingerprint) with ``model``'s parameters."""
+    extra = state["extra"]
+    saved = extra.get("identity") or {}
+    recipe = (extra.get("recipe") or {}).get("name")
+    planned = (extra.get("config") or {}).get("epochs") or (extra.get("recipe") or {}).get("epochs")
+    where = f"--resume: {out / 'checkpoint.pt'}"
+    if recipe is not None and recipe != identity["recipe"]:
+        raise ResumeError(f"{where} is a run of recipe {recipe!r}, not {identity['recipe']!r}; pass the --out of "
+                          f"a {identity['recipe']} run")
+    if saved.get("model") not in (None, identity["model"]):
+        raise ResumeError(f"{where} trained a {saved['model']}, this run builds a {identity['model']}")
+    mine = unwrap(model).state_dict()
+    theirs = state["model"]
+    if missing := [k for k in mine if k not in theirs]:
+        raise ResumeError(f"{where} does not fit the model: it has no {missing[0]!r}"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if extra_keys := [k for k in theirs if k not in mine]:
+        raise ResumeError(f"{where} does not fit the model: the model has no {extra_keys[0]!r}")
+    if bad := next((k for k in mine if tuple(mine[k].shape) != tuple(theirs[k].shape)), None):
+        raise ResumeError(f"{where} does not fit the model: {bad!r} is {tuple(theirs[bad].shape)} there, "
+                          f"{tuple(mine[bad].shape)} here")
+    if saved and (saved.get("data_fingerprint"), saved.get("train_images"), saved.get("test_images")) != (
+            identity["data_fingerprint"], identity["train_images"], identity["test_images"]):
+        raise ResumeError(f"{where}: the data differ from the run's: it trained on {saved.get('data')} "
+                          f"({saved.get('train_images')} train / {saved.get('test_images')} test images), this is "
+                          f"{identity['data']} ({identity['train_images']} / {identity['test_images']}); pass the "
+                          f"--data-dir (and --subset) it was started with")
+    if planned is not None and state["epoch"] > planned:
+        raise ResumeError(f"{where} is at epoch {state['epoch']} of a {planned}-epoch run")
