@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,7 +57,9 @@ def execute_notebook(source: str | Path, parameters: dict, output: str | Path | 
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+        # the kernel process's own log (not the cells' output, which comes over its channels) stays off the terminal
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(cwd)}}).execute(stderr=subprocess.DEVNULL)
     except CellTimeoutError:
         raise NotebookFailed(f"a cell of {Path(source).name} ran past --timeout {timeout} (seconds per cell)") from None
     except CellExecutionError as e:

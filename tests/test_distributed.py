@@ -132,3 +132,11 @@ def test_rank_slices_of_each_global_batch_are_the_single_process_batch(fast):
         assert all(a + b == s for a, b, s in zip(*slices, single))
     shards = [sum(labels(test, 0), []) for _, test in ranks]
     assert shards[0] + shards[1] == list(range(100))
+
+
+def test_a_bad_data_dir_is_the_same_one_line_on_every_rank(tmp_path):
+    p = torchrun("-m", "assignments", "S9", "--data-dir", tmp_path / "missing", "--device", "cpu",
+                 "--out", tmp_path / "o")
+    line = f"error: --data-dir {tmp_path / 'missing'}: no such directory"
+    assert p.returncode != 0 and sum(l.startswith(line) for l in p.stderr.splitlines()) == 2, p.stderr[-3000:]
+    assert "Connection closed" not in p.stderr and not (tmp_path / "o").exists()

@@ -1,0 +1,71 @@
+"""The headless notebook runner's rules: ``--set`` takes only the parameters cell's names and literal (or bare
+word) values, everything a run checks is checked before the kernel starts, and a failing cell is one line."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO)}
+
+
+def runner(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "assignments.execute", *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_code_given_as_a_name_does_not_run(tmp_path):
+    marker = tmp_path / "ran"
+    p = runner("S9", "--set", f"import os; os.system('touch {marker}'); X=1", "--output", tmp_path / "o.ipynb")
+    assert p.returncode == 1 and "the notebook's parameters cell has no" in p.stderr
+    assert not marker.exists() and not (tmp_path / "o.ipynb").exists()
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["EPOCH=1"], "--set EPOCH: the notebook's parameters cell has no 'EPOCH'; it defines EPOCHS, BATCH_SIZE"),
+    (["EPOCHS"], "--set 'EPOCHS': expected NAME=VALUE"),
+    (["EPOCHS=0"], "EPOCHS must be a positive integer; got 0"),
+    (["LR=nan"], "LR must be 'auto' or a positive finite number; got 'nan'"),
+    (["OUT=None"], "OUT=None: the runner reads the run's metrics from its out folder"),
+    (["SEED=__import__('os')"], "--set SEED: \"__import__('os')\" is not a Python literal"),
+    (["VARIANT=sideways"], "VARIANT must be one of spec, residual, prescaled, prescaled-residual"),
+])
+def test_a_bad_set_is_one_line_before_the_notebook_starts(tmp_path, sets, message):
+    args = [a for s in sets for a in ("--set", s)]
+    p = runner("S9", *args, "--output", tmp_path / "o.ipynb")
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), p.stderr
+    assert not (tmp_path / "o.ipynb").exists()
+
+
+def test_values_are_literals_or_bare_words_and_are_written_back_with_repr():
+    from assignments.execute import parse_sets
+
+    defined = {"DEVICE": "auto", "EPOCHS": None, "DATA_DIR": None}
+    got = parse_sets(["DEVICE=cpu", "EPOCHS=2", "DATA_DIR=local/data-1"], defined)
+    assert got == {"DEVICE": "cpu", "EPOCHS": 2, "DATA_DIR": "local/data-1"}
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path):
+    p = runner("S9", "--output", tmp_path / "missing" / "o.ipynb")
+    assert p.returncode == 1 and "is not a writable directory" in p.stderr
+    p = runner("S9", "--output", tmp_path)
+    assert p.returncode == 1 and "a directory; give the notebook file to write" in p.stderr
+
+
+def test_any_notebook_with_a_parameters_cell_runs_and_a_failing_cell_is_one_line(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("STEPS = 1\nOUT = None", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("if STEPS > 1:\n    raise ValueError(f'STEPS={STEPS} is too many')")]
+    nbformat.write(nb, tmp_path / "copy.ipynb")
+    p = runner(tmp_path / "copy.ipynb", "--set", "STEPS=1", "--output", tmp_path / "ok.ipynb")
+    assert p.returncode == 0, p.stderr
+    p = runner(tmp_path / "copy.ipynb", "--set", "STEPS=2", "--output", tmp_path / "failed.ipynb")
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert lines[0] == f"error: copy.ipynb: cell 2 failed: ValueError: STEPS=2 is too many; {tmp_path / 'failed.ipynb'} " \
+                       f"was not written"
+    assert "\x1b[" not in p.stderr and not (tmp_path / "failed.ipynb").exists()
