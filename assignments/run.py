@@ -21,7 +21,7 @@ from torch import nn
 
 from utils import distributed, plots
 from utils.attention import attention_stats, entropy_per_block, ultimus_blocks
-from utils.checks import batch_independence, returns_log_probs
+from utils.checks import batch_independence, check_contract, returns_log_probs
 from utils.data import CLASSES, channel_stats, fingerprint, load_cifar10
 from utils.doctor import Doctor
 from utils.lr import LRSearch, check_one_cycle_length, find_lr, one_cycle
@@ -138,6 +138,7 @@ class Run:
         if c.resume:
             check_resumable(self._state, self.identity, self.model, self.out)
         with torch.random.fork_rng(devices=[]):  # the checks draw no numbers from the run's RNG
+            check_contract(self.model, len(CLASSES))  # one (B, 10) tensor: every later step relies on it
             mixing = batch_independence(self.model)
             self.log_probs = returns_log_probs(self.model)
         # only now: a failed setup leaves no run folder and writes into no existing one
@@ -167,6 +168,9 @@ class Run:
             self.log(f"--subset {c.subset}: the data has {len(data.train)} training images; all of them are used")
         if self.ignored:
             self.log(f"resume: ignored {', '.join(self.ignored)}: a resumed run keeps the options it was started with")
+        if isinstance(self.model_source, nn.Module) and not c.resume:
+            self.log("model: an instance was passed, so its weights were drawn before the run's seed; pass the class "
+                     "or a function that builds it (model=MyNet) for weights that --seed fixes")
         self.result.checks.update(batch_independence=mixing, log_probs=self.log_probs)
         self.log(f"model check: an image's outputs alone vs in a batch of 64 differ by {mixing:.1e} (relative)"
                  + ("; the model returns log-probabilities" if self.log_probs else ""))
@@ -302,7 +306,7 @@ class Run:
 
     def gradcam(self, n: int = 10, layer: str | None = None):
         """Grad-CAM of the predicted and the actual class on the ``n`` most confident mistakes."""
-        from utils.gradcam import (PARALLEL, cam_target, default_target_layer, gradcam_figure,
+        from utils.gradcam import (PARALLEL, cam_layer, cam_target, default_target_layer, gradcam_figure,
                                    gradcam_maps_and_weights, weight_cosines)
 
         logits, y = self.predict()
@@ -311,8 +315,15 @@ class Run:
             self.log("Grad-CAM: no misclassified images")
             return None
         layer = layer or default_target_layer(self.model)
+        if layer is None:
+            why = (f"{self.result.model} has no feature map of at least 8x8 (a conv layer's (B, C, H, W) output) and "
+                   f"no token grid (a LayerNorm's (B, 1 + N, D) output)")
+            self.result.checks["gradcam"] = f"skipped: {why}"
+            self.log(f"Grad-CAM skipped: {why}")
+            return None
+        where = cam_layer(self.model, layer).describe()
         target = cam_target(self.model, self.log_probs)
-        self.result.checks.update(gradcam_layer=layer, gradcam_target=target)
+        self.result.checks.update(gradcam_layer=layer, gradcam_grid=where, gradcam_target=target)
         x = self.test_split.normalized(idx, self.mean, self.std)
         pred, actual = [int(logits[i].argmax()) for i in idx], [int(y[i]) for i in idx]
         (pred_maps, pred_w), (actual_maps, actual_w) = [
@@ -324,7 +335,7 @@ class Run:
             self.log(f"Grad-CAM: in {same} of {len(idx)} images the predicted and the actual class have parallel "
                      f"gradients at {layer} (cosine >= {PARALLEL}), so their maps are the same map: what follows "
                      f"{layer} moves both class scores along one direction of its output")
-        fig = gradcam_figure(plots.denormalize(x, self.mean, self.std), pred_maps, actual_maps, actual, pred, layer,
+        fig = gradcam_figure(plots.denormalize(x, self.mean, self.std), pred_maps, actual_maps, actual, pred, where,
                              target=target, cosines=cosines)
         return self._figure("gradcam", fig)
 

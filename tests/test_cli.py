@@ -128,7 +128,7 @@ def test_a_run_too_short_for_one_cycle_is_one_line(batches_dir, tmp_path):
     p = cli("S9", "--data-dir", batches_dir, "--subset", 64, "--batch-size", 32, "--epochs", 1, "--lr", "0.01",
             "--device", "cpu", "--out", tmp_path / "o")
     assert p.returncode == 1 and "one-cycle needs at least 3 training steps; this run has 2" in p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
 def test_unknown_class_folder_is_reported_without_a_traceback(tmp_path):

@@ -16,6 +16,46 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 
+class ModelContractError(ValueError):
+    """A model whose output is not one (B, num_classes) tensor; the message is one line saying what to return."""
+
+
+def check_contract(model: nn.Module, num_classes: int = 10, batch: int = 4) -> None:
+    """The model contract every later step relies on: ``model(x)`` for x (B, 3, 32, 32) returns one tensor of
+    shape (B, num_classes), logits or log-probabilities. Checked on ``batch`` zero images in eval mode; anything
+    else raises :class:`ModelContractError` with what to return instead."""
+    name = type(model).__name__
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(batch, 3, 32, 32, device=device))
+    except Exception as e:  # noqa: BLE001  (the student's forward; its error is theirs, said in one line)
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ModelContractError(f"{name} fails on a batch of {batch} images of 3x32x32: {type(e).__name__}: "
+                                 f"{first}") from None
+    finally:
+        model.train(was_training)
+    want = f"one tensor of shape (B, {num_classes}) (logits or log-probabilities)"
+    if isinstance(out, (tuple, list)):
+        raise ModelContractError(f"{name} returns a {type(out).__name__} of {len(out)}; return {want}, e.g. the "
+                                 f"logits only: out[0]")
+    if isinstance(out, dict):
+        keys = ", ".join(map(repr, list(out)[:4]))
+        raise ModelContractError(f"{name} returns a dict ({keys}); return {want}, e.g. out['logits']")
+    if not isinstance(out, torch.Tensor):
+        raise ModelContractError(f"{name} returns a {type(out).__name__}; return {want}")
+    if out.dim() != 2 or out.shape[0] != batch:
+        raise ModelContractError(f"{name} returns shape {tuple(out.shape)} for a batch of {batch}; return {want} "
+                                 f"(flatten the features before the last layer)")
+    if out.shape[1] != num_classes:
+        raise ModelContractError(f"{name} returns {out.shape[1]} scores per image; CIFAR-10 has {num_classes} "
+                                 f"classes: give its last layer {num_classes} outputs (timm: num_classes={num_classes})")
+    if not out.is_floating_point():
+        raise ModelContractError(f"{name} returns {out.dtype} values; return {want}")
+
+
 def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` in eval mode without gradients; the model's mode is restored."""
     was_training = model.training
@@ -31,6 +71,7 @@ def batch_independence(model: nn.Module, images: torch.Tensor | None = None, bat
                        seed: int = 0) -> float:
     """Largest difference between an image's outputs computed alone and computed within a batch, relative to
     the outputs' size (a fresh S9 network's logits are ~1e-8, so an absolute tolerance would pass anything).
+    Measured on the class scores: a model's final ``log_softmax`` is bypassed (:func:`logits_view`).
 
     ``images`` (B, 3, H, W) default to ``batch`` random images; ``probes`` of them are also run one at a
     time, in eval mode (the model's mode is restored). A per-image model gives ~1e-7 (float rounding);
@@ -40,9 +81,10 @@ def batch_independence(model: nn.Module, images: torch.Tensor | None = None, bat
     if images is None:
         images = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     images = images.to(device)
-    together = eval_outputs(model, images)  # (B, C)
-    picks = torch.linspace(0, len(images) - 1, min(probes, len(images))).long().tolist()
-    alone = torch.cat([eval_outputs(model, images[i:i + 1]) for i in picks])  # (probes, C)
+    with logits_view():  # on the scores before a final log_softmax, whose normalisation hides small mixing
+        together = eval_outputs(model, images)  # (B, C)
+        picks = torch.linspace(0, len(images) - 1, min(probes, len(images))).long().tolist()
+        alone = torch.cat([eval_outputs(model, images[i:i + 1]) for i in picks])  # (probes, C)
     size = together.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
     return ((together[picks] - alone).abs().max() / size).item()
 

@@ -104,8 +104,8 @@ class Doctor:
         if not suggested_lr:
             return
         if min_loss_lr and math.isclose(suggested_lr, min_loss_lr, rel_tol=1e-6):
-            what = (f"the range test's curve has no descent before its loss minimum: suggestion = minimum = "
-                    f"{suggested_lr:.3g}, at the edge of instability")
+            what = (f"the range test's steepest descent falls on its loss minimum (suggestion = minimum = "
+                    f"{suggested_lr:.3g}): the LR where the loss stops falling, at the edge of instability")
             if lr_scale < 1:
                 self.log(f"DOCTOR note: {what}; the recipe takes {lr_scale:.3g} of it (lr_scale): {max_lr:.3g}")
                 return

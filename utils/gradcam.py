@@ -1,11 +1,21 @@
 """Grad-CAM on misclassified images through the grad-cam package (the library the course uses).
 
-S7: "use GradCAM on a layer that is not smaller than about 5px": by default the output of the last
-block whose output is at least 8x8. Any layer can be named (``"layer3"``, ``"convs.2.0"``).
+S7: "use GradCAM on a layer that is not smaller than about 5px". The default layer is a real feature map or a
+token map, never an arbitrary 4-D tensor:
+- conv nets: the output of the last block (a module with sub-modules, containing a convolution) whose output
+  is at least 8x8 (ResNet18's ``layer3``);
+- token models (timm's and torchvision's ViTs): the first LayerNorm of the last transformer block (timm
+  ``blocks.11.norm1``, torchvision ``encoder.layers.encoder_layer_11.ln_1``), whose (B, 1 + N, D) output is
+  folded into its sqrt(N) x sqrt(N) patch grid with the class token dropped, as pytorch-grad-cam's
+  documentation does for ViTs (the attention and second norm give zero gradients there);
+- whichever of the two the forward pass reaches later; a model with neither (an MLP) has no default.
+Any layer can be named (``"layer3"``, ``"convs.2.0"``, ``"blocks.11.norm1"``).
 """
 from __future__ import annotations
 
 import contextlib
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,17 +25,49 @@ from torch import nn
 from .checks import eval_outputs, logits_view
 from .data import CLASSES
 
+FEATURE_MODULES = (nn.Conv2d, nn.BatchNorm2d)  # a 4-D output of a module holding one of these is a feature map
 
-def block_output_sizes(model: nn.Module, input_size=(1, 3, 32, 32)) -> list[tuple[str, int, int]]:
-    """(name, H, W) of every module with a 4-D output, in the order the outputs are produced (a block
-    after the layers inside it), from one dummy pass; mode, device and BatchNorm statistics are left alone."""
+
+@dataclass(frozen=True)
+class CamLayer:
+    """A layer Grad-CAM can read: its name, ``kind`` ("feature map" (B, C, H, W) or "tokens" (B, T, D)), its
+    grid (H, W), and for tokens whether the first token is a class token (dropped when folding)."""
+
+    name: str
+    kind: str
+    grid: tuple[int, int]
+    class_token: bool = False
+
+    def reshape_transform(self):
+        """grad-cam's ``reshape_transform``: None for a feature map; for tokens (B, T, D) -> (B, D, g, g)."""
+        if self.kind != "tokens":
+            return None
+        h, w, skip = *self.grid, int(self.class_token)
+
+        def fold(t: torch.Tensor) -> torch.Tensor:
+            return t[:, skip:].reshape(t.shape[0], h, w, t.shape[-1]).permute(0, 3, 1, 2)  # (B, D, h, w)
+        return fold
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.grid[0]}x{self.grid[1]} {'token grid' if self.kind == 'tokens' else 'map'})"
+
+
+def _square(n: int) -> int | None:
+    g = math.isqrt(n)
+    return g if g >= 2 and g * g == n else None
+
+
+def layer_outputs(model: nn.Module, input_size=(1, 3, 32, 32)) -> list[tuple[str, nn.Module, tuple]]:
+    """(name, module, output shape) of every module whose output is one tensor, in the order the outputs are
+    produced (a block after the layers inside it), from one dummy pass; mode, device and BatchNorm statistics
+    are left alone."""
     device = next(model.parameters()).device
-    sizes, hooks = [], []
+    seen, hooks = [], []
     for name, m in model.named_modules():
         if name:
             hooks.append(m.register_forward_hook(
-                lambda _m, _i, out, name=name: sizes.append((name, *out.shape[-2:]))
-                if isinstance(out, torch.Tensor) and out.dim() == 4 else None))
+                lambda m, _i, out, name=name: seen.append((name, m, tuple(out.shape)))
+                if isinstance(out, torch.Tensor) else None))
     was_training = model.training
     try:
         model.eval()
@@ -35,19 +77,73 @@ def block_output_sizes(model: nn.Module, input_size=(1, 3, 32, 32)) -> list[tupl
         model.train(was_training)
         for h in hooks:
             h.remove()
-    return sizes
+    first = {}
+    for name, m, shape in seen:  # a module called twice: its first output
+        first.setdefault(name, (name, m, shape))
+    return list(first.values())
 
 
-def default_target_layer(model: nn.Module, min_size: int = 8, input_size=(1, 3, 32, 32)) -> str:
-    """The output of the last block (a module with sub-modules) whose output is at least ``min_size`` x
-    ``min_size``: ResNet18's ``layer3`` (after its skip connections), not a convolution inside it. A model
-    built of single layers only (one ``nn.Sequential``) gets its last such layer."""
-    sizes = [(name, h, w) for name, h, w in block_output_sizes(model, input_size) if min(h, w) >= min_size]
-    blocks = [name for name, _, _ in sizes if any(True for _ in model.get_submodule(name).children())]
-    names = blocks or [name for name, _, _ in sizes]
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no layer with an output of at least {min_size}x{min_size}")
-    return names[-1]
+def block_output_sizes(model: nn.Module, input_size=(1, 3, 32, 32)) -> list[tuple[str, int, int]]:
+    """(name, H, W) of every module with a 4-D output, in the order the outputs are produced."""
+    return [(name, *shape[-2:]) for name, _, shape in layer_outputs(model, input_size) if len(shape) == 4]
+
+
+def _as_cam_layer(name: str, module: nn.Module, shape: tuple) -> CamLayer | None:
+    if len(shape) == 4 and any(isinstance(m, FEATURE_MODULES) for m in module.modules()):
+        return CamLayer(name, "feature map", (shape[2], shape[3]))
+    if len(shape) == 3 and isinstance(module, nn.LayerNorm):
+        if g := _square(shape[1] - 1):
+            return CamLayer(name, "tokens", (g, g), class_token=True)
+        if g := _square(shape[1]):
+            return CamLayer(name, "tokens", (g, g))
+    return None
+
+
+def candidate_layers(model: nn.Module, min_size: int = 8, input_size=(1, 3, 32, 32)) -> list[CamLayer]:
+    """Every layer Grad-CAM can read, in forward order: feature maps of at least ``min_size`` x ``min_size``
+    and the token outputs of LayerNorms whose tokens fold into a square grid."""
+    layers = []
+    for name, module, shape in layer_outputs(model, input_size):
+        layer = _as_cam_layer(name, module, shape)
+        if layer and (layer.kind == "tokens" or min(layer.grid) >= min_size):
+            layers.append(layer)
+    return layers
+
+
+def default_layer(model: nn.Module, min_size: int = 8, input_size=(1, 3, 32, 32)) -> CamLayer | None:
+    """The layer the run's Grad-CAM uses (module docstring), or None when the model has no feature map of at
+    least ``min_size`` x ``min_size`` and no token grid."""
+    layers = candidate_layers(model, min_size, input_size)
+    order = {layer.name: i for i, layer in enumerate(layers)}
+    maps = [x for x in layers if x.kind == "feature map"]
+    blocks = [x for x in maps if any(True for _ in model.get_submodule(x.name).children())]
+    conv = (blocks or maps or [None])[-1]
+    tokens = [x for x in layers if x.kind == "tokens"]
+    token = None
+    if tokens:  # the first norm of the last block (the parent holding two or more token norms)
+        parents = [x.name.rpartition(".")[0] for x in tokens]
+        last_block = next((p for p in reversed(parents) if parents.count(p) >= 2), None)
+        token = next((x for x in tokens if x.name.rpartition(".")[0] == last_block), tokens[-1])
+    found = [x for x in (conv, token) if x is not None]
+    return max(found, key=lambda x: order[x.name]) if found else None
+
+
+def default_target_layer(model: nn.Module, min_size: int = 8, input_size=(1, 3, 32, 32)) -> str | None:
+    """The name of :func:`default_layer` (None when the model has none)."""
+    layer = default_layer(model, min_size, input_size)
+    return layer.name if layer else None
+
+
+def cam_layer(model: nn.Module, name: str, input_size=(1, 3, 32, 32)) -> CamLayer:
+    """The :class:`CamLayer` of the module called ``name``; one line when Grad-CAM cannot read its output."""
+    for layer_name, module, shape in layer_outputs(model, input_size):
+        if layer_name == name:
+            layer = _as_cam_layer(name, module, shape)
+            if layer is None:
+                raise ValueError(f"Grad-CAM layer {name!r}: its output {shape} is neither a feature map "
+                                 f"(B, C, H, W) of a conv layer nor tokens (B, 1 + N, D) of a LayerNorm")
+            return layer
+    raise ValueError(f"Grad-CAM layer {name!r}: no such module with a tensor output in {type(model).__name__}")
 
 
 def cam_target(model: nn.Module, log_probs: bool) -> str:
@@ -80,12 +176,15 @@ def gradcam_maps_and_weights(model: nn.Module, images: torch.Tensor, classes: li
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     layer = layer or default_target_layer(model)
+    if layer is None:
+        raise ValueError(f"{type(model).__name__} has no feature map of at least 8x8 and no token grid for Grad-CAM")
+    info = cam_layer(model, layer, (1, *images.shape[1:]))
     target = model.get_submodule(layer)
     device = next(model.parameters()).device
     was_training = model.training
     scores = logits_view() if log_probs else contextlib.nullcontext()
     try:
-        with GradCAM(model=model, target_layers=[target]) as cam, scores:
+        with GradCAM(model=model, target_layers=[target], reshape_transform=info.reshape_transform()) as cam, scores:
             maps = cam(input_tensor=images.to(device), targets=[ClassifierOutputTarget(int(c)) for c in classes])
             grads = cam.activations_and_grads.gradients[0]  # (N, K, h, w)
             weights = grads.float().mean((2, 3)).cpu().numpy()  # (N, K), as GradCAM.get_cam_weights

@@ -94,6 +94,8 @@ def write_report(result: RunResult, out: str | Path, log_text: str = "") -> Path
     lines += [f"- step {f['step']}, **{f['kind']}**: {f['message']}" for f in m["health"]] or ["No finding."]
     if "doctor" in m["checks"]:
         lines += ["", f"What it could check: {m['checks']['doctor']}."]
+    if str(m["checks"].get("gradcam", "")).startswith("skipped"):
+        lines += ["", f"## {FIGURE_TITLES['gradcam']}", "", f"Grad-CAM {m['checks']['gradcam']}."]
     for name, path in result.figures.items():
         lines += ["", f"## {FIGURE_TITLES.get(name, name)}", "", f"![{name}]({Path(path).name})"]
         if name in result.tables:  # the figure's numbers (class accuracy, attention per block)
