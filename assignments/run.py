@@ -21,6 +21,7 @@ from torch import nn
 
 from utils import distributed, plots
 from utils.attention import attention_stats, entropy_per_block, ultimus_blocks
+from utils.vit_attention import ViTAttention, attention_layers, entropy_per_layer, rollout_maps, vit_attention
 from utils.checks import batch_independence, check_contract, returns_log_probs
 from utils.data import CLASSES, channel_stats, fingerprint, load_cifar10
 from utils.doctor import Doctor
@@ -39,7 +40,7 @@ from .outdir import CHECKPOINT, claim, release
 from .resume import check_resumable
 from .recipes import recipe as builtin_recipe
 
-PROBE_IMAGES = 256  # S9's per-epoch attention entropy: test images spread evenly over the classes
+PROBE_IMAGES = 256  # the attention measurements (entropy per epoch, ViT maps): test images spread over the classes
 
 
 class Run:
@@ -247,13 +248,13 @@ class Run:
                  f"{min(r.peak_epoch, self.epochs / 2):g} -> linear anneal over {self.epochs} epochs; "
                  f"{r.optimizer} wd {r.weight_decay}, batch {self.batch_size}")
         measure = None
-        if ultimus_blocks(self.model):  # S9: attention entropy per block on one fixed test batch, every epoch
-            probe = self.test_split.normalized(self.test_split.spread(PROBE_IMAGES), self.mean, self.std)
-            measure = lambda: {"attention_entropy": entropy_per_block(self.model, probe)}  # noqa: E731
+        entropy = self._entropy_probe()
+        if entropy:  # S9's Ultimus blocks, a ViT's layers: attention entropy on one fixed test batch, every epoch
+            measure = lambda: {"attention_entropy": entropy[0]()}  # noqa: E731
             # ... and on the weights training starts from (epoch 0); a resumed run keeps its start's numbers
             res.checks["attention_entropy_start"] = (self.saved.get("attention_entropy_start") if self.saved
                                                      else measure()["attention_entropy"])
-            self.log(f"attention row entropy per block before training (ln 8 = {math.log(8):.3f} is uniform): "
+            self.log(f"attention row entropy per {entropy[1]} before training ({entropy[2]} is uniform): "
                      + ", ".join(f"{h:.3f}" for h in res.checks["attention_entropy_start"] or []))
 
         def extra():  # saved with every epoch's checkpoint, for --resume
@@ -339,29 +340,66 @@ class Run:
                              target=target, cosines=cosines)
         return self._figure("gradcam", fig)
 
-    def attention(self):
-        """S9: the mean attention matrix of each Ultimus block over the test set and per class, with each block's
-        row entropy and output effective rank (:mod:`utils.attention`, logged); returns the heatmap figure."""
-        from utils.attention_plots import attention_maps_figure
+    def _probe(self) -> torch.Tensor:
+        """The fixed test batch of the attention measurements: PROBE_IMAGES spread evenly over the classes."""
+        return self.test_split.normalized(self.test_split.spread(PROBE_IMAGES), self.mean, self.std)
 
+    def _entropy_probe(self):
+        """(measure, what, uniform) of the model's attention entropy on the probe, or None without attention."""
+        if ultimus_blocks(self.model):
+            probe = self._probe()
+            return lambda: entropy_per_block(self.model, probe), "block", f"ln 8 = {math.log(8):.3f}"
+        if attention_layers(self.model):
+            probe = self._probe()
+            tokens = vit_attention(self.model, probe[:1]).tokens
+            return lambda: entropy_per_layer(self.model, probe), "layer", f"ln {tokens} = {math.log(tokens):.3f}"
+        return None
+
+    def attention(self):
+        """The model's attention, logged with its entropy; returns the heatmap figure. S9: each Ultimus block's mean
+        attention matrix over the test set and per class, with its output's effective rank (:mod:`utils.attention`);
+        a ViT: the class token's attention on the patch grid per layer and head (:mod:`utils.vit_attention`),
+        and its attention rollout on the misclassified images (``attention_rollout.png``)."""
+        from utils.attention_plots import attention_maps_figure, rollout_figure, vit_attention_figure
+
+        if attention_layers(self.model) and not ultimus_blocks(self.model):
+            stats = self._attention_stats()
+            fig = self._figure("attention_maps", vit_attention_figure(stats))
+            logits, y = self.predict()
+            idx = misclassified(logits, y, self.config.gallery)
+            if idx:
+                x = self.test_split.normalized(idx, self.mean, self.std)
+                maps = rollout_maps(self.model, x).numpy()
+                self._figure("attention_rollout", rollout_figure(
+                    plots.denormalize(x, self.mean, self.std), maps, [int(y[i]) for i in idx],
+                    [int(logits[i].argmax()) for i in idx]))
+            return fig
         stats = self._attention_stats()
         return self._figure("attention_maps", attention_maps_figure(stats)) if stats else None
 
     def attention_entropy(self):
-        """S9: each block's attention entropy by epoch (measured during training) beside its output's spectrum."""
-        from utils.attention_plots import attention_entropy_figure
+        """Each block's (S9) or layer's (ViT) attention entropy by epoch, measured during training; S9 beside
+        its blocks' output spectra."""
+        from utils.attention_plots import attention_entropy_figure, layer_entropy_figure
 
         stats = self._attention_stats()
         start = self.result.checks.get("attention_entropy_start")
-        return (self._figure("attention_entropy", attention_entropy_figure(self.result.history, stats, start))
-                if stats else None)
+        if stats is None:
+            return None
+        if isinstance(stats, ViTAttention):
+            return self._figure("attention_entropy", layer_entropy_figure(self.result.history, stats.layers,
+                                                                          stats.tokens, start))
+        return self._figure("attention_entropy", attention_entropy_figure(self.result.history, stats, start))
 
     def _attention_stats(self):
-        if not ultimus_blocks(self.model):
-            self.log(f"attention: {self.result.model} has no Ultimus blocks")
+        if not (ultimus_blocks(self.model) or attention_layers(self.model)):
+            self.log(f"attention: {self.result.model} has no Ultimus blocks and no self-attention layers")
             return None
         if self.attention_measured is None:
-            stats = attention_stats(self.model, self.test_loader, self.device, len(CLASSES))
+            if ultimus_blocks(self.model):
+                stats = attention_stats(self.model, self.test_loader, self.device, len(CLASSES))
+            else:
+                stats = vit_attention(self.model, self._probe())
             self.result.tables["attention_maps"] = stats.table()
             self.result.checks["attention"] = stats.to_dict()
             self.log(stats.table())
@@ -415,7 +453,7 @@ class Run:
             self.confusion()
             self.misclassified(self.config.gallery)
             self.gradcam(self.config.gallery)
-            if ultimus_blocks(self.model):
+            if ultimus_blocks(self.model) or attention_layers(self.model):
                 self.attention()
                 self.attention_entropy()
         self.log(f"wrote {self.report()} and metrics.json, log.txt, checkpoint.pt, *.png in {self.out}")

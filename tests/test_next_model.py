@@ -190,3 +190,50 @@ def test_a_factory_is_seeded_and_an_instance_is_named_as_drawn_before_the_seed(f
         (tmp_path / "c" / "log.txt").read_text()
     for run in (a, b, c):
         run.close()
+
+
+def test_recorded_vit_attention_is_softmax_qk_and_leaves_the_outputs_unchanged():
+    from utils.vit_attention import attention_layers, recording
+
+    torch.manual_seed(0)
+    vit, tv = timm_vit().eval(), torchvision_vit().eval()
+    x = torch.randn(3, 3, 32, 32)
+    for model in (vit, tv):
+        plain = model(x)
+        with recording(model) as maps, torch.no_grad():
+            seen = model(x)
+        assert torch.equal(plain, seen)
+        assert [m[0].shape for m in maps] == [(3, heads, 65, 65) for _ in range(2)
+                                               for heads in [3 if model is vit else 2]]
+    # timm without its fused kernel computes softmax(q k^T * scale) itself: its attention dropout sees it
+    explicit = []
+    for _, layer in attention_layers(vit):
+        layer.fused_attn = False
+        layer.attn_drop.register_forward_hook(lambda m, i, o: explicit.append(i[0].detach()))
+    with recording(vit) as maps, torch.no_grad():
+        vit(x)
+    for mine, theirs in zip(maps, explicit):
+        assert torch.allclose(mine[0], theirs, atol=1e-6)
+    # torch's MultiheadAttention returns the per-head weights when asked
+    layer = attention_layers(tv)[0][1]
+    tokens = torch.randn(3, 65, 32)
+    from utils.vit_attention import attention_weights
+
+    _, weights = layer(tokens, tokens, tokens, need_weights=True, average_attn_weights=False)
+    assert torch.allclose(attention_weights(layer, tokens), weights, atol=1e-6)
+
+
+def test_a_vit_run_draws_its_attention_like_s9_s(folder_dir, tmp_path):
+    out = tmp_path / "vit"
+    run = Run(recipe=recipe("S10 ViT attention"), model=timm_vit, data_dir=str(folder_dir), device="cpu",
+              lr="0.002", out=str(out), subset=96, gallery=4)
+    assert run.run_all() == 0
+    for name in ("attention_maps.png", "attention_rollout.png", "attention_entropy.png"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    assert [len(e["attention_entropy"]) for e in m["history"]] == [2, 2]
+    assert len(m["checks"]["attention_entropy_start"]) == 2 and m["checks"]["attention"]["layers"] == \
+        ["blocks.0.attn", "blocks.1.attn"]
+    from utils.vit_attention import entropy_per_layer
+
+    assert m["history"][-1]["attention_entropy"] == entropy_per_layer(run.model, run._probe())

@@ -198,4 +198,4 @@ def test_s9_run_measures_attention_every_epoch_and_reports_it(tiny_run):
     att = json.loads((tiny_run.out / "metrics.json").read_text())["checks"]["attention"]
     assert att["blocks"] == ["ultimus.0", "ultimus.1", "ultimus.2", "ultimus.3"] and att["images"] == len(tiny_run.test_split)
     text = (tiny_run.out / "report.md").read_text()
-    assert "## Ultimus attention matrices" in text and "eff. rank out" in text
+    assert "## Attention maps" in text and "eff. rank out" in text

@@ -68,3 +68,66 @@ def attention_entropy_figure(history: list[dict], stats: AttentionStats, start: 
     ax_s.legend(fontsize=7)
     ax_s.grid(alpha=0.3)
     return fig
+
+
+def vit_attention_figure(stats) -> Figure:
+    """Layers x heads heatmaps of the class token's mean attention on the patch grid
+    (:class:`utils.vit_attention.ViTAttention`), one colour scale per layer."""
+    cls = stats.cls.numpy()  # (layers, heads, g, g)
+    rows, cols = cls.shape[:2]
+    fig = Figure(figsize=(1.3 * cols + 1.2, 1.3 * rows + 0.9), layout="constrained")
+    axes = np.array(fig.subplots(rows, cols)).reshape(rows, cols)
+    for i, j in np.ndindex(rows, cols):
+        ax = axes[i, j]
+        im = ax.imshow(cls[i, j], cmap="viridis", vmin=0, vmax=cls[i].max())
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i == 0:
+            ax.set_title(f"head {j}", fontsize=8)
+        if j == 0:
+            ax.set_ylabel(f"{stats.layers[i]}\nH {stats.entropy[i]:.2f}", fontsize=7)
+        if j == cols - 1:
+            fig.colorbar(im, ax=ax, shrink=0.8)
+    g = cls.shape[-1]
+    fig.suptitle(f"Class token's attention on the {g}x{g} patch grid per layer and head, mean over {stats.images} "
+                 f"test images (uniform: {1 / stats.tokens:.4f} per token; H: row entropy, ln {stats.tokens} = "
+                 f"{math.log(stats.tokens):.2f} uniform)", fontsize=9)
+    return fig
+
+
+def rollout_figure(images: np.ndarray, maps: np.ndarray, actual: list[int], predicted: list[int],
+                   classes=CLASSES) -> Figure:
+    """Per misclassified image: the image, and the class token's attention rollout (g x g, upsampled) over it."""
+    n = len(images)
+    fig = Figure(figsize=(1.7 * max(n, 1), 3.9), layout="constrained")
+    axes = np.array(fig.subplots(2, max(n, 1))).reshape(2, -1)
+    for ax in axes.ravel():
+        ax.axis("off")
+    size = images.shape[1]
+    for j in range(n):
+        axes[0, j].imshow(images[j])
+        axes[0, j].set_title(f"{classes[actual[j]]} / {classes[predicted[j]]}", fontsize=8)
+        axes[1, j].imshow(images[j])
+        axes[1, j].imshow(maps[j], cmap="jet", alpha=0.5, extent=(-0.5, size - 0.5, size - 0.5, -0.5),
+                          interpolation="bilinear")
+    fig.suptitle("Attention rollout of the class token (head mean + identity, multiplied through the layers) on the "
+                 "misclassified images: actual / predicted", fontsize=9)
+    return fig
+
+
+def layer_entropy_figure(history: list[dict], layers: list[str], tokens: int,
+                         start: list[float] | None = None) -> Figure:
+    """Each attention layer's mean row entropy by epoch (``history[i]["attention_entropy"]``, ``start`` at 0)."""
+    fig = Figure(figsize=(6.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    measured = ([{"epoch": 0, "attention_entropy": start}] if start else []) + \
+        [h for h in history if h.get("attention_entropy")]
+    for i, name in enumerate(layers):
+        ax.plot([h["epoch"] for h in measured], [h["attention_entropy"][i] for h in measured], "o-", ms=3, label=name)
+    ax.axhline(math.log(tokens), color="grey", ls="--", label=f"uniform (ln {tokens})")
+    ax.set(xlabel="epoch", ylabel="mean row entropy (nats)",
+           title="Attention entropy per layer, fixed test batch spread over the classes")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig

@@ -19,7 +19,8 @@ FIGURE_TITLES = {
     "confusion": "Confusion matrix",
     "misclassified": "Misclassified images",
     "gradcam": "Grad-CAM on misclassified images",
-    "attention_maps": "Ultimus attention matrices",
+    "attention_maps": "Attention maps",
+    "attention_rollout": "Attention rollout on misclassified images",
     "attention_entropy": "Attention entropy by epoch and block output spectra",
 }
 
