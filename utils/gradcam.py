@@ -2,8 +2,8 @@
 
 S7: "use GradCAM on a layer that is not smaller than about 5px". The default layer is a real feature map or a
 token map, never an arbitrary 4-D tensor:
-- conv nets: the output of the last block (a module with sub-modules, containing a convolution) whose output
-  is at least 8x8 (ResNet18's ``layer3``);
+- conv nets: the output of the last block (a module with sub-modules) whose output is a feature map (the
+  channels of the convolution before it) of at least 8x8 (ResNet18's ``layer3``);
 - token models (timm's and torchvision's ViTs): the first LayerNorm of the last transformer block (timm
   ``blocks.11.norm1``, torchvision ``encoder.layers.encoder_layer_11.ln_1``), whose (B, 1 + N, D) output is
   folded into its sqrt(N) x sqrt(N) patch grid with the class token dropped, as pytorch-grad-cam's
@@ -25,7 +25,6 @@ from torch import nn
 from .checks import eval_outputs, logits_view
 from .data import CLASSES
 
-FEATURE_MODULES = (nn.Conv2d, nn.BatchNorm2d)  # a 4-D output of a module holding one of these is a feature map
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def block_output_sizes(model: nn.Module, input_size=(1, 3, 32, 32)) -> list[tupl
 
 
 def _as_cam_layer(name: str, module: nn.Module, shape: tuple) -> CamLayer | None:
-    if len(shape) == 4 and any(isinstance(m, FEATURE_MODULES) for m in module.modules()):
+    if len(shape) == 4:
         return CamLayer(name, "feature map", (shape[2], shape[3]))
     if len(shape) == 3 and isinstance(module, nn.LayerNorm):
         if g := _square(shape[1] - 1):
@@ -101,12 +100,19 @@ def _as_cam_layer(name: str, module: nn.Module, shape: tuple) -> CamLayer | None
 
 def candidate_layers(model: nn.Module, min_size: int = 8, input_size=(1, 3, 32, 32)) -> list[CamLayer]:
     """Every layer Grad-CAM can read, in forward order: feature maps of at least ``min_size`` x ``min_size``
-    and the token outputs of LayerNorms whose tokens fold into a square grid."""
-    layers = []
+    and the token outputs of LayerNorms whose tokens fold into a square grid. A 4-D output is a feature map when
+    it has the channels of the convolution (or BatchNorm2d) before it: a ViT's (B, heads, T, head dim) tensors
+    inside its attention are not."""
+    layers, channels = [], None
     for name, module, shape in layer_outputs(model, input_size):
+        if isinstance(module, nn.Conv2d):
+            channels = module.out_channels
+        elif isinstance(module, nn.BatchNorm2d):
+            channels = module.num_features
         layer = _as_cam_layer(name, module, shape)
-        if layer and (layer.kind == "tokens" or min(layer.grid) >= min_size):
-            layers.append(layer)
+        if layer is None or (layer.kind == "feature map" and (shape[1] != channels or min(layer.grid) < min_size)):
+            continue
+        layers.append(layer)
     return layers
 
 
@@ -140,8 +146,8 @@ def cam_layer(model: nn.Module, name: str, input_size=(1, 3, 32, 32)) -> CamLaye
         if layer_name == name:
             layer = _as_cam_layer(name, module, shape)
             if layer is None:
-                raise ValueError(f"Grad-CAM layer {name!r}: its output {shape} is neither a feature map "
-                                 f"(B, C, H, W) of a conv layer nor tokens (B, 1 + N, D) of a LayerNorm")
+                raise ValueError(f"Grad-CAM layer {name!r}: its output {shape} is neither a 4-D feature map "
+                                 f"(B, C, H, W) nor tokens (B, 1 + N, D) of a LayerNorm with a square grid")
             return layer
     raise ValueError(f"Grad-CAM layer {name!r}: no such module with a tensor output in {type(model).__name__}")
 
