@@ -48,6 +48,7 @@ def execute_notebook(source: str | Path, parameters: dict, output: str | Path | 
     at = _parameters_cell(nb, source)
     parameters = dict(parameters)
     parameters.setdefault("OUT", f"runs/{Path(source).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    original = list(nb.cells)  # a failing cell is named by its index in the file
     nb.cells = [c for c in nb.cells if not {INJECTED, NOTE} & set(_tags(c))]
     lines = ["# Parameters injected for this run"] + [f"{k} = {v!r}" for k, v in parameters.items()]
     injected = nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": [INJECTED]})
@@ -63,7 +64,7 @@ def execute_notebook(source: str | Path, parameters: dict, output: str | Path | 
     except CellTimeoutError:
         raise NotebookFailed(f"a cell of {Path(source).name} ran past --timeout {timeout} (seconds per cell)") from None
     except CellExecutionError as e:
-        raise NotebookFailed(f"{Path(source).name}: {_cell_error(nb, e)}") from None
+        raise NotebookFailed(f"{Path(source).name}: {_cell_error(nb, e, original)}") from None
     minutes = (time.perf_counter() - t0) / 60
     nb.cells.remove(injected)
     metrics_path = Path(cwd) / parameters["OUT"] / "metrics.json"
@@ -161,14 +162,15 @@ def _check_output(output: Path) -> None:
         raise ValueError(f"--output {output}: {parent} is not a writable directory")
 
 
-def _cell_error(nb, e) -> str:
-    """One line for a failed cell: its number and the exception, without ANSI colours."""
-    number = next((i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error"
-                                                            for o in c.get("outputs", []))), None)
-    where = f"cell {number}" if number is not None else "a cell"
+def _cell_error(nb, e, original: list) -> str:
+    """One line for a failed cell: its index in the notebook file (``original``'s cells) and the exception,
+    without ANSI colours."""
+    failed = next((c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+    number = next((i for i, c in enumerate(original) if c is failed), None)
+    where = f"cell {number}" if number is not None else "the injected parameters cell" if failed else "a cell"
     ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
     text = re.sub(r"\x1b\[[0-9;]*m", "", f"{ename}: {evalue}").strip().splitlines()
-    return f"{where} failed: {text[-1] if text else ename}"
+    return f"{where} failed: {text[0] if text else ename}"
 
 
 def run_note(metrics: dict | None, parameters: dict, command: str, minutes: float | None = None) -> str:

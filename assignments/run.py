@@ -228,6 +228,12 @@ class Run:
         scaled = f" x {r.lr_scale:.3g} (the recipe's lr_scale) = {self.result.max_lr:.3e}" if r.lr_scale != 1 else ""
         self.log(f"LR range test ({r.lr_iters} steps on the training set): suggested max LR "
                  f"{search.suggested_lr:.3e} (steepest descent){scaled}; loss minimum at {search.min_loss_lr:.3e}")
+        steps = self.epochs * len(self.train_loader)
+        if r.lr_scale > 1 and steps < r.lr_iters:  # a recipe's lr_scale > 1 is measured on full runs
+            self.result.max_lr = search.suggested_lr
+            self.log(f"max LR {search.suggested_lr:.3e}, the range test's suggestion without the recipe's lr_scale "
+                     f"{r.lr_scale:.3g}: this run has {steps} training steps, fewer than the range test's "
+                     f"{r.lr_iters}, and the scale was chosen on full runs (a quick check diverges with it)")
         return self._figure("lr_range_test", plots.lr_figure(search))
 
     def train(self) -> list[dict]:
@@ -242,8 +248,9 @@ class Run:
         if self.doctor:
             self.doctor.check_batch_dependence(0, res.checks["batch_independence"])
         if res.lr_search and self.doctor:
+            scale = res.max_lr / res.lr_search["suggested_lr"]  # the recipe's lr_scale, unless a quick check dropped it
             self.doctor.check_schedule(res.max_lr, res.lr_search["suggested_lr"], res.lr_search["min_loss_lr"],
-                                       r.lr_scale)
+                                       scale if math.isclose(scale, r.lr_scale) else 1.0)
         self.log(f"one-cycle: {res.max_lr / r.div_factor:.3e} -> {res.max_lr:.3e} at epoch "
                  f"{min(r.peak_epoch, self.epochs / 2):g} -> linear anneal over {self.epochs} epochs; "
                  f"{r.optimizer} wd {r.weight_decay}, batch {self.batch_size}")

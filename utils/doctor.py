@@ -36,6 +36,8 @@ class Finding:
     message: str
 
 
+TEST_LOSS_CHANCE = 10  # a test loss this many times ln C (guessing) after an epoch: diverged
+TEST_LOSS_JUMP = 10  # ... or this many times the previous epoch's
 CHECK_MODEL = "utils.checks.batch_independence(model) (it works on any model)"
 ADVICE = {
     "collapse": ("the network gives (almost) the same output for every image. Likely causes: a max LR far above "
@@ -146,6 +148,16 @@ class Doctor:
         dead = [n for n, count in self.dead_checks.items() if count >= 3]
         if dead and step > self.grace:
             self._report(step, "vanishing", f"zero gradient in {len(dead)} parameter tensor(s), e.g. {dead[0]}")
+
+    def check_test_loss(self, step: int, loss: float, previous: float | None) -> None:
+        """After an epoch's test: a mean test loss far above chance (``TEST_LOSS_CHANCE`` x ln C) or many times the
+        previous epoch's (``TEST_LOSS_JUMP`` x) is divergence, however few steps the run has had."""
+        chance = math.log(self.num_classes)
+        if loss > TEST_LOSS_CHANCE * chance:
+            self._report(step, "divergence", f"the test loss {loss:.4g} is {loss / chance:.0f}x that of guessing "
+                                             f"(ln {self.num_classes} = {chance:.3f})")
+        elif previous and loss > TEST_LOSS_JUMP * previous:
+            self._report(step, "divergence", f"the test loss rose from {previous:.4g} to {loss:.4g} in one epoch")
 
     def check_predictions(self, step: int, counts: list[int]) -> None:
         """After an epoch's test: ``counts`` predictions per class. Flags a test set whose predictions crowd

@@ -214,7 +214,10 @@ def _epoch(model, train_loader, test_loader, optimizer, criterion, device, epoch
                      "precision": precision.state_dict(), "epoch": epoch, "history": history + [entry],
                      "health": doctor.report() if doctor else [],
                      "extra": (extra() if callable(extra) else extra) or {}}, checkpoint)
+    previous = history[-1]["test_loss"] if history else None
     history.append(entry)  # after the checkpoint: the history holds exactly the epochs on disk
+    if doctor:
+        doctor.check_test_loss(step, te["loss"], previous)
     if doctor and epoch == epochs:  # early epochs may crowd (a fresh S9 does); the end may not
         doctor.check_predictions(step, te["pred_counts"])
     return step

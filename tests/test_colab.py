@@ -1,0 +1,157 @@
+"""The Colab student's path: a first cell that fails early and in one line on a placeholder or a failed clone,
+one command that points every badge and REPO_URL at a fork, quick checks that train instead of diverging,
+and a divergence the doctor names whatever the step count."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from synthetic import colour_task, write_batches
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["S7", "S8", "S9", "template"]
+
+
+def test_publish_points_every_badge_and_repo_url_at_the_fork_and_nothing_else(tmp_path):
+    from assignments.publish import main
+
+    root = tmp_path / "copy"
+    (root / "assignments").mkdir(parents=True)
+    shutil.copy(REPO / "README.md", root)
+    for name in NOTEBOOKS:
+        shutil.copy(REPO / "assignments" / f"{name}.ipynb", root / "assignments")
+    assert main(["jane/cifar10-lab", "--root", str(root)]) == 0
+    readme = (root / "README.md").read_text()
+    assert readme.count("colab.research.google.com/github/jane/cifar10-lab/blob/main/assignments/") == 3
+    for name in NOTEBOOKS:
+        before = nbformat.read(REPO / "assignments" / f"{name}.ipynb", as_version=4)
+        after = nbformat.read(root / "assignments" / f"{name}.ipynb", as_version=4)
+        assert 'REPO_URL = "https://github.com/jane/cifar10-lab"' in after.cells[[
+            i for i, c in enumerate(after.cells) if "REPO_URL = " in c.source][0]].source
+        assert f"github/jane/cifar10-lab/blob/main/assignments/{name}.ipynb" in after.cells[0].source
+        changed = [i for i, (a, b) in enumerate(zip(before.cells, after.cells)) if a != b]
+        assert len(before.cells) == len(after.cells) and len(changed) == 2, (name, changed)
+    assert main(["not a repo", "--root", str(root)]) == 1
+
+
+@pytest.fixture(scope="module")
+def colab_env(tmp_path_factory):
+    """An environment whose kernels import a ``google.colab`` stub at start-up, as Colab's do."""
+    stub = tmp_path_factory.mktemp("colab")
+    (stub / "google" / "colab").mkdir(parents=True)
+    (stub / "google" / "__init__.py").write_text("")
+    (stub / "google" / "colab" / "__init__.py").write_text("")
+    (stub / "sitecustomize.py").write_text("import google.colab\n")
+    return {**os.environ, "PYTHONPATH": f"{stub}{os.pathsep}{REPO}", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+
+def _first_cell_only(name: str, folder: Path, url: str | None = None) -> Path:
+    nb = nbformat.read(REPO / "assignments" / f"{name}.ipynb", as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "REPO_URL = " in c.source)
+    params = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    if url:
+        nb.cells[at].source = nb.cells[at].source.replace("https://github.com/OWNER/REPO", url)
+    nb.cells = nb.cells[:max(at, params) + 1] + [nbformat.v4.new_code_cell("import assignments")]
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_in_colab_the_placeholder_repo_url_stops_run_all_at_the_first_cell_in_one_line(name, colab_env, tmp_path):
+    path = _first_cell_only(name, tmp_path)
+    p = subprocess.run([sys.executable, "-m", "assignments.execute", str(path), "--output", str(tmp_path / "o.ipynb")],
+                       env=colab_env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    first_code = next(i for i, c in enumerate(nbformat.read(path, as_version=4).cells) if c.cell_type == "code")
+    assert f"cell {first_code} failed: RuntimeError: REPO_URL is the placeholder https://github.com/OWNER/REPO" \
+           in lines[0]
+
+
+def test_in_colab_a_clone_that_fails_is_one_line_naming_repo_url(colab_env, tmp_path):
+    missing = f"file://{tmp_path / 'no-such-repo'}"
+    path = _first_cell_only("S9", tmp_path, url=missing)
+    p = subprocess.run([sys.executable, "-m", "assignments.execute", str(path), "--output", str(tmp_path / "o.ipynb")],
+                       env=colab_env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert f"RuntimeError: REPO_URL {missing}: git clone failed" in lines[0]
+    assert not Path("/content/repo/.git").exists() or os.environ.get("COLAB_RELEASE_TAG")
+
+
+# --- quick checks --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data_2000(tmp_path_factory):
+    return write_batches(tmp_path_factory.mktemp("quick"), colour_task(2000, 500))
+
+
+def small_resnet():
+    from test_own_model import SmallResNet
+
+    return SmallResNet()
+
+
+def test_a_quick_check_drops_the_recipe_s_lr_scale_and_trains(data_2000, tmp_path):
+    from assignments.recipes import recipe
+    from assignments.run import Run
+    from dataclasses import replace
+
+    s7 = replace(recipe("S7"), batch_size=256, model=small_resnet, lr_iters=40, channels_last=False)
+    run = Run(recipe=s7, data_dir=str(data_2000), subset=2000, epochs=2, device="cpu", precision="fp32",
+              out=str(tmp_path / "q"))
+    assert run.run_all() == 0
+    search = run.result.lr_search
+    steps = 2 * 8  # 2 epochs of 2,000 images in batches of 256
+    assert run.max_lr == search["suggested_lr"]  # not x 10
+    log = (tmp_path / "q" / "log.txt").read_text()
+    assert f"without the recipe's lr_scale 10: this run has {steps} training steps, fewer than the range test's 40" \
+        in log and "DOCTOR" not in log
+    assert run.history[-1]["test_acc"] > 30 and run.history[-1]["test_loss"] < 2.3  # chance: 10%, ln 10
+
+
+def test_a_run_whose_test_loss_explodes_is_flagged_whatever_its_step_count():
+    from utils.doctor import Doctor
+
+    doctor = Doctor(num_classes=10, log=lambda m: None)
+    doctor.check_test_loss(8, 2.2, None)
+    assert not doctor.findings
+    doctor.check_test_loss(16, 308.6, 2.2)
+    assert [f.kind for f in doctor.findings] == ["divergence"]
+    assert "the test loss 308.6 is 134x that of guessing (ln 10 = 2.303)" in doctor.findings[0].message
+    jump = Doctor(num_classes=10, log=lambda m: None)
+    jump.check_test_loss(16, 2.0, 0.15)
+    assert "the test loss rose from 0.15 to 2 in one epoch" in jump.findings[0].message
+
+
+class LoudInEval(__import__("torch").nn.Module):
+    """Trains as a small linear model; in eval mode its logits are 1e4 times larger: a test loss far above ln 10."""
+
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 10)
+
+    def forward(self, x):
+        return self.fc(x.mean((2, 3))) * (1.0 if self.training else 1e4)
+
+
+def test_fit_hands_each_epoch_s_test_loss_to_the_doctor():
+    import torch
+
+    from utils.doctor import Doctor
+    from utils.train import fit
+
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
+    model = LoudInEval()
+    doctor = Doctor(num_classes=10, log=lambda m: None)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    fit(model, batches, batches, opt, torch.nn.CrossEntropyLoss(), "cpu", 1, doctor=doctor, log=lambda m: None)
+    assert [f.kind for f in doctor.findings] == ["divergence"] and "that of guessing" in doctor.findings[0].message
