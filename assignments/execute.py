@@ -176,7 +176,8 @@ def _cell_error(nb, e, original: list) -> str:
 def run_note(metrics: dict | None, parameters: dict, command: str, minutes: float | None = None) -> str:
     """The markdown note that says what the outputs below are: parameters, data, device, numbers, command."""
     given = ", ".join(f"`{k} = {v!r}`" for k, v in parameters.items())
-    head = (f"**The outputs below are one run of this notebook**, executed headless with `{command}` "
+    head = (f"**The committed outputs below are one recorded run of this notebook** (after *Run all* they are your "
+            f"own run's; this note describes the committed ones), executed headless with `{command}` "
             f"(parameters {given}). The parameters cell keeps its defaults, so *Run all* trains afresh "
             f"(in Colab: the original CIFAR-10 downloaded by torchvision, on the GPU).")
     if not metrics:

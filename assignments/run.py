@@ -427,6 +427,12 @@ class Run:
         print("\n".join(f"{p}  ({p.stat().st_size:,} bytes)" for p in paths))
         return paths
 
+    def keep(self, to_drive: bool = False) -> Path:
+        """Zip the out folder and, in Colab, download it (or copy it to Google Drive): :func:`utils.keep.keep_run`."""
+        from utils.keep import keep_run
+
+        return keep_run(self.out, to_drive)
+
     def close(self) -> None:
         """Release the out folder's lock, so another process may resume or read the run (ending this process
         does it too; ``run_all`` does it when it returns)."""

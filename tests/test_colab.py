@@ -155,3 +155,30 @@ def test_fit_hands_each_epoch_s_test_loss_to_the_doctor():
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     fit(model, batches, batches, opt, torch.nn.CrossEntropyLoss(), "cpu", 1, doctor=doctor, log=lambda m: None)
     assert [f.kind for f in doctor.findings] == ["divergence"] and "that of guessing" in doctor.findings[0].message
+
+
+def test_keep_zips_the_run_and_downloads_it_in_colab_or_copies_it_to_drive(tmp_path, monkeypatch):
+    import types
+    import zipfile
+
+    from utils.keep import keep_run
+
+    out = tmp_path / "runs" / "S9-x"
+    out.mkdir(parents=True)
+    for name in ("report.md", "log.txt", "metrics.json", "curves.png", ".lock"):
+        (out / name).write_text(name)
+    calls = []
+    colab = types.ModuleType("google.colab")
+    colab.files = types.SimpleNamespace(download=lambda path: calls.append(("download", path)))
+    colab.drive = types.SimpleNamespace(mount=lambda where: calls.append(("mount", where)))
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    archive = keep_run(out)
+    assert calls == [("download", str(archive))] and archive == tmp_path / "runs" / "S9-x.zip"
+    with zipfile.ZipFile(archive) as z:
+        assert sorted(z.namelist()) == ["S9-x/curves.png", "S9-x/log.txt", "S9-x/metrics.json", "S9-x/report.md"]
+    kept = keep_run(out, to_drive=True, drive_dir=str(tmp_path / "drive"))
+    assert calls[-1] == ("mount", "/content/drive") and kept == tmp_path / "drive" / "S9-x.zip" and kept.is_file()
+    monkeypatch.delitem(sys.modules, "google.colab")
+    calls.clear()
+    assert keep_run(out) == archive and calls == []  # outside Colab: nothing offered, the path printed

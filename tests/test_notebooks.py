@@ -55,6 +55,7 @@ def test_parameters_cell_defaults_are_the_run_config_defaults(name):
     from assignments.config import RunConfig
 
     params = parameters(nbformat.read(REPO / "assignments" / f"{name}.ipynb", as_version=4))
+    assert params.pop("SAVE_TO_DRIVE") is False  # the notebooks' own: the last cell downloads the zipped run
     defaults = RunConfig()
     for key, value in params.items():
         assert value is None or value == getattr(defaults, key.lower()), f"{name}: {key} = {value!r}"
