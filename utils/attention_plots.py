@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -122,8 +123,10 @@ def layer_entropy_figure(history: list[dict], layers: list[str], tokens: int,
     ax = fig.subplots()
     measured = ([{"epoch": 0, "attention_entropy": start}] if start else []) + \
         [h for h in history if h.get("attention_entropy")]
+    colours = colormaps["viridis"](np.linspace(0, 0.9, len(layers)))  # one colour per layer, in depth order
     for i, name in enumerate(layers):
-        ax.plot([h["epoch"] for h in measured], [h["attention_entropy"][i] for h in measured], "o-", ms=3, label=name)
+        ax.plot([h["epoch"] for h in measured], [h["attention_entropy"][i] for h in measured], "o-", ms=3,
+                color=colours[i], label=name)
     ax.axhline(math.log(tokens), color="grey", ls="--", label=f"uniform (ln {tokens})")
     ax.set(xlabel="epoch", ylabel="mean row entropy (nats)",
            title="Attention entropy per layer, fixed test batch spread over the classes")

@@ -48,7 +48,7 @@ def check_contract(model: nn.Module, num_classes: int = 10, batch: int = 4) -> N
         raise ModelContractError(f"{name} returns a {type(out).__name__}; return {want}")
     if out.dim() != 2 or out.shape[0] != batch:
         raise ModelContractError(f"{name} returns shape {tuple(out.shape)} for a batch of {batch}; return {want} "
-                                 f"(flatten the features before the last layer)")
+                                 f"(pool or flatten the features before the last layer)")
     if out.shape[1] != num_classes:
         raise ModelContractError(f"{name} returns {out.shape[1]} scores per image; CIFAR-10 has {num_classes} "
                                  f"classes: give its last layer {num_classes} outputs (timm: num_classes={num_classes})")
