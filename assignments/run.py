@@ -21,7 +21,6 @@ from torch import nn
 
 from utils import distributed, plots
 from utils.attention import attention_stats, entropy_per_block, ultimus_blocks
-from utils.vit_attention import ViTAttention, attention_layers, entropy_per_layer, rollout_maps, vit_attention
 from utils.checks import batch_independence, check_contract, returns_log_probs
 from utils.data import CLASSES, channel_stats, fingerprint, load_cifar10
 from utils.doctor import Doctor
@@ -34,6 +33,7 @@ from utils.report import RunResult, write_metrics, write_report
 from utils.seed import pick_device, set_seed
 from utils.summary import count_params, model_summary, summary_text
 from utils.train import fit, predict
+from utils.vit_attention import ViTAttention, attention_layers, entropy_per_layer, rollout_maps, vit_attention
 
 from .config import RunConfig, resolve_out
 from .outdir import CHECKPOINT, claim, release
