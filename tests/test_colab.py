@@ -62,8 +62,14 @@ def _first_cell_only(name: str, folder: Path, url: str | None = None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_in_colab_the_placeholder_repo_url_stops_run_all_at_the_first_cell_in_one_line(name, colab_env, tmp_path):
+def test_every_notebook_has_the_same_first_cell():
+    first = [next(c.source for c in nbformat.read(REPO / "assignments" / f"{name}.ipynb", as_version=4).cells
+                  if c.cell_type == "code") for name in NOTEBOOKS]
+    assert all(cell == first[0] for cell in first) and "REPO_URL = " in first[0]
+
+
+def test_in_colab_the_placeholder_repo_url_stops_run_all_at_the_first_cell_in_one_line(colab_env, tmp_path):
+    name = "S9"  # the first cell is the same in every notebook (above)
     path = _first_cell_only(name, tmp_path)
     p = subprocess.run([sys.executable, "-m", "assignments.execute", str(path), "--output", str(tmp_path / "o.ipynb")],
                        env=colab_env, capture_output=True, text=True, timeout=300, cwd=tmp_path)

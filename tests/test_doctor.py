@@ -220,7 +220,7 @@ def test_a_suggestion_at_the_loss_minimum_is_said_and_what_the_run_does(lr_scale
     doctor = Doctor(log=lines.append)
     doctor.check_schedule(8.5e-3 * lr_scale, suggested_lr=8.5e-3, min_loss_lr=8.5e-3, lr_scale=lr_scale)
     assert [f.kind for f in doctor.findings] == expected
-    assert "no descent before its loss minimum" in lines[0]
+    assert "steepest descent falls on its loss minimum" in lines[0]
     assert ("the recipe takes 0.333 of it (lr_scale)" in lines[0]) == (lr_scale < 1)
 
 

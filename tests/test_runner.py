@@ -33,11 +33,13 @@ def test_code_given_as_a_name_does_not_run(tmp_path):
     (["SEED=__import__('os')"], "--set SEED: \"__import__('os')\" is not a Python literal"),
     (["VARIANT=sideways"], "VARIANT must be one of spec, residual, prescaled, prescaled-residual"),
 ])
-def test_a_bad_set_is_one_line_before_the_notebook_starts(tmp_path, sets, message):
+def test_a_bad_set_is_one_line_before_the_notebook_starts(tmp_path, sets, message, capsys):
+    from assignments.execute import main
+
     args = [a for s in sets for a in ("--set", s)]
-    p = runner("S9", *args, "--output", tmp_path / "o.ipynb")
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), p.stderr
+    code = main(["S9", *args, "--output", str(tmp_path / "o.ipynb")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
     assert not (tmp_path / "o.ipynb").exists()
 
 
@@ -66,6 +68,6 @@ def test_any_notebook_with_a_parameters_cell_runs_and_a_failing_cell_is_one_line
     p = runner(tmp_path / "copy.ipynb", "--set", "STEPS=2", "--output", tmp_path / "failed.ipynb")
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 1 and len(lines) == 1, p.stderr
-    assert lines[0] == f"error: copy.ipynb: cell 2 failed: ValueError: STEPS=2 is too many; {tmp_path / 'failed.ipynb'} " \
+    assert lines[0] == f"error: copy.ipynb: cell 1 failed: ValueError: STEPS=2 is too many; {tmp_path / 'failed.ipynb'} " \
                        f"was not written"
     assert "\x1b[" not in p.stderr and not (tmp_path / "failed.ipynb").exists()
