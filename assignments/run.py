@@ -423,7 +423,7 @@ class Run:
     def files(self) -> list[Path]:
         """Write report.md and metrics.json; list everything in the out directory."""
         self.report()
-        paths = sorted(self.out.iterdir())
+        paths = sorted(p for p in self.out.iterdir() if not p.name.startswith("."))  # not the lock
         print("\n".join(f"{p}  ({p.stat().st_size:,} bytes)" for p in paths))
         return paths
 
