@@ -16,8 +16,9 @@ from pathlib import Path
 from utils.checkpoint import load_run_checkpoint
 from utils.precision import PRECISIONS
 
-from .outdir import CHECKPOINT, OutError, check_new, default_out, holder
+from .outdir import CHECKPOINT, OutError, check_new, default_out, holder, in_use
 from .recipes import ASSIGNMENTS, S9_VARIANTS
+from .resume import planned_epochs
 
 # what a resumed run takes from its checkpoint (the schedule and data it started with)
 RESUMED = ("assignment", "variant", "epochs", "batch_size", "seed", "subset", "lr", "loader", "precision", "compile")
@@ -196,9 +197,13 @@ class Resolved:
     config: RunConfig
     out: Path
     unique: bool = False
-    saved: dict | None = None  # the checkpoint's ``extra`` (a resume)
     state: dict | None = None  # the whole checkpoint (a resume)
     ignored: tuple[str, ...] = ()
+
+    @property
+    def saved(self) -> dict | None:
+        """The checkpoint's ``extra`` (what the run saved beside the weights), for a resume."""
+        return self.state["extra"] if self.state else None
 
 
 def resolve_out(config: RunConfig, name: str) -> Resolved:
@@ -210,7 +215,7 @@ def resolve_out(config: RunConfig, name: str) -> Resolved:
         return Resolved(config, out, unique=not config.out)
     out = Path(config.out) if config.out else latest_run(slug(name))
     if who := holder(out):
-        raise OutError(f"--resume: {out} is in use by another run ({who}); wait for it or choose another --out")
+        raise in_use(out, who, "--resume:")
     state = load_run_checkpoint(out / CHECKPOINT)
     saved = state["extra"]
     started = saved.get("config", {})
@@ -222,13 +227,7 @@ def resolve_out(config: RunConfig, name: str) -> Resolved:
     defaults = RunConfig()
     ignored = tuple(f"{k}={getattr(config, k)!r}" for k, v in keep.items()
                     if getattr(config, k) not in (getattr(defaults, k), v))
-    return Resolved(dataclasses.replace(config, **keep), out, saved=saved, state=state, ignored=ignored)
-
-
-def planned_epochs(state: dict) -> int | None:
-    """The number of epochs the checkpoint's run was started for."""
-    extra = state.get("extra", {})
-    return (extra.get("config") or {}).get("epochs") or (extra.get("recipe") or {}).get("epochs")
+    return Resolved(dataclasses.replace(config, **keep), out, state=state, ignored=ignored)
 
 
 def latest_run(prefix: str) -> Path:

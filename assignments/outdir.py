@@ -30,6 +30,11 @@ class OutError(ValueError):
     """An out folder that cannot be used as asked; the message is one line naming the option."""
 
 
+def in_use(out: Path, who: str, option: str = "--out") -> OutError:
+    """The one line for a folder another process holds (``who``: its pid and command)."""
+    return OutError(f"{option} {out} is in use by another run ({who}); wait for it or choose another --out")
+
+
 def is_run(out: Path) -> bool:
     return (out / CHECKPOINT).is_file() or (out / "metrics.json").is_file()
 
@@ -65,7 +70,7 @@ def check_new(out: Path, overwrite: bool) -> None:
     except OSError as e:  # a name too long, a folder we may not read
         raise OutError(f"--out {out}: cannot use it ({e.strerror})") from None
     if who := holder(out):
-        raise OutError(f"--out {out} is in use by another run ({who}); wait for it or choose another --out")
+        raise in_use(out, who)
     if not overwrite and is_run(out):
         raise OutError(f"--out {out} already holds a run; continue it with --resume, choose another --out, "
                        f"or pass --overwrite to replace its files")
@@ -114,8 +119,7 @@ def claim(out: Path, *, unique: bool, overwrite: bool, resume: bool, command: st
             f.seek(0)
             who = f.read().strip() or "another process"
             f.close()
-            raise OutError(f"--out {path} is in use by another run ({who}); wait for it or choose another --out") \
-                from None
+            raise in_use(path, who) from None
         _held[key] = f
         if not resume:  # now that it is ours, the folder must still be what the checks saw
             try:

@@ -10,6 +10,12 @@ from torch import nn
 from utils.checkpoint import unwrap
 
 
+def planned_epochs(state: dict) -> int | None:
+    """The number of epochs the checkpoint's run was started for."""
+    extra = state.get("extra", {})
+    return (extra.get("config") or {}).get("epochs") or (extra.get("recipe") or {}).get("epochs")
+
+
 class ResumeError(ValueError):
     """A checkpoint that is not the run's; the message is one line."""
 
@@ -20,7 +26,7 @@ def check_resumable(state: dict, identity: dict, model: nn.Module, out: Path) ->
     extra = state["extra"]
     saved = extra.get("identity") or {}
     recipe = (extra.get("recipe") or {}).get("name")
-    planned = (extra.get("config") or {}).get("epochs") or (extra.get("recipe") or {}).get("epochs")
+    planned = planned_epochs(state)
     where = f"--resume: {out / 'checkpoint.pt'}"
     if recipe is not None and recipe != identity["recipe"]:
         raise ResumeError(f"{where} is a run of recipe {recipe!r}, not {identity['recipe']!r}; pass the --out of "
