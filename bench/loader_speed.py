@@ -56,7 +56,7 @@ def main():
     model = r.model().to(device)
     opt = r.make_optimizer(model.parameters(), 1e-3)
     crit = r.criterion()
-    epoch = lambda loader: train_one_epoch(model, loader, opt, crit, device)  # noqa: E731
+    epoch = lambda loader: train_one_epoch(model, loader, opt, crit)  # noqa: E731
     n = len(data.train)
     epoch(fast)  # warm-up
     rates = {"classic": [], "fast": []}

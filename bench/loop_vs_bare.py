@@ -42,7 +42,7 @@ def main():
             opt.step()
 
     def loop():
-        train_one_epoch(model, loader, opt, crit, device, doctor=Doctor(log=lambda m: None))
+        train_one_epoch(model, loader, opt, crit, callbacks=[Doctor(log=lambda m: None)])
 
     n = len(data.train)
     bare()  # warm-up

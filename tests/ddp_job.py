@@ -27,7 +27,7 @@ def main(mode: str, data: str, out: str) -> int:
         return Run(recipe=recipe, lr="0.05", **common).run_all()
     from test_train import Interrupted, StopAtEpoch
 
-    run = Run(assignment="S9", epochs=2, batch_size=32, lr="0.003", **common).setup()
+    run = Run(assignment="S9", epochs=2, batch_size=32, lr="0.003", **common)
     run.show_augmented()  # as the command does: same RNG use
     run.find_lr()
     run.train_loader = StopAtEpoch(run.train_loader, 2)

@@ -50,7 +50,7 @@ def test_resume_after_a_crash_matches_the_straight_run(batches_dir, tmp_path):
     assert cli("S9", *common, "--epochs", 2, "--out", tmp_path / "straight").returncode == 0
     # the same run, killed as epoch 2 begins (checkpoint of epoch 1 on disk) ...
     run = Run(assignment="S9", data_dir=str(batches_dir), subset=96, batch_size=32, device="cpu", lr="0.003",
-              epochs=2, out=str(tmp_path / "crashed")).setup()
+              epochs=2, out=str(tmp_path / "crashed"))
     run.show_augmented()  # the CLI draws this grid first: same RNG use, same batches
     run.find_lr()
     run.train_loader = StopAtEpoch(run.train_loader, 2)
@@ -75,7 +75,7 @@ def test_resume_after_a_crash_matches_the_straight_run(batches_dir, tmp_path):
     from assignments.config import RunConfig
     mine = RunConfig(assignment="S9", out=str(tmp_path / "crashed"), resume=True, epochs=7)
     run = Run(mine)
-    assert mine.epochs == 7 and run.config.epochs == 2 and run.ignored == ["epochs=7"]
+    assert mine.epochs == 7 and run.config.epochs == 2 and list(run.resumed.ignored) == ["epochs=7"]
 
 
 def test_resume_without_a_checkpoint_is_one_line(tmp_path):

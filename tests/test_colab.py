@@ -159,7 +159,7 @@ def test_fit_hands_each_epoch_s_test_loss_to_the_doctor():
     model = LoudInEval()
     doctor = Doctor(num_classes=10, log=lambda m: None)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    fit(model, batches, batches, opt, torch.nn.CrossEntropyLoss(), "cpu", 1, doctor=doctor, log=lambda m: None)
+    fit(model, batches, batches, opt, torch.nn.CrossEntropyLoss(), 1, callbacks=[doctor])
     assert [f.kind for f in doctor.findings] == ["divergence"] and "that of guessing" in doctor.findings[0].message
 
 

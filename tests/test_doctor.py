@@ -26,8 +26,8 @@ def run(model, data, epochs, max_lr, weight_decay=0.0, doctor=None, checkpoint=N
     opt = torch.optim.Adam(model.parameters(), lr=max_lr / 25, weight_decay=weight_decay)
     sched = one_cycle(opt, max_lr, epochs, len(tr))
     doctor = doctor or Doctor(log=lambda m: None)
-    history = fit(model, tr, te, opt, torch.nn.CrossEntropyLoss(), "cpu", epochs, sched, doctor=doctor,
-                  checkpoint=checkpoint, log=lambda m: None)
+    history = fit(model, tr, te, opt, torch.nn.CrossEntropyLoss(), epochs, sched, callbacks=[doctor],
+                  checkpoint=checkpoint)
     return history, doctor
 
 

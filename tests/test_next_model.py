@@ -112,10 +112,9 @@ class Pooled(Tuple):  # averages over the batch: one row for every batch
 ])
 def test_a_model_that_breaks_the_contract_is_one_line_at_setup_and_writes_nothing(model, message, folder_dir,
                                                                                    tmp_path):
-    run = Run(recipe=recipe("S10 contract"), model=model, data_dir=str(folder_dir), device="cpu", lr="0.01",
-              out=str(tmp_path / "o"), subset=96)
     with pytest.raises(ModelContractError) as e:
-        run.setup()
+        Run(recipe=recipe("S10 contract"), model=model, data_dir=str(folder_dir), device="cpu", lr="0.01",
+            out=str(tmp_path / "o"), subset=96)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
     assert not (tmp_path / "o").exists()
 
@@ -169,7 +168,7 @@ def test_batch_mixing_behind_a_log_softmax_is_measured_on_the_scores_and_flagged
     assert torch.equal(together, alone)  # the log-probabilities hide the mixing entirely
     assert batch_independence(model) > 1e-3  # the scores before log_softmax show it
     run = Run(recipe=recipe("S10 author"), model=AuthorUltimus, data_dir=str(folder_dir), device="cpu",
-              lr="0.001", out=str(tmp_path / "a"), subset=96).setup()
+              lr="0.001", out=str(tmp_path / "a"), subset=96)
     assert run.result.checks["batch_independence"] > 1e-3
 
 
@@ -180,12 +179,12 @@ def _first_weights(run):
 def test_a_factory_is_seeded_and_an_instance_is_named_as_drawn_before_the_seed(folder_dir, tmp_path):
     common = dict(recipe=recipe("S10 seed"), data_dir=str(folder_dir), device="cpu", lr="0.01", subset=96, seed=5)
     torch.manual_seed(123)
-    a = Run(model=MLP, out=str(tmp_path / "a"), **common).setup()
+    a = Run(model=MLP, out=str(tmp_path / "a"), **common)
     torch.manual_seed(456)
-    b = Run(model=MLP, out=str(tmp_path / "b"), **common).setup()
+    b = Run(model=MLP, out=str(tmp_path / "b"), **common)
     assert torch.equal(_first_weights(a), _first_weights(b))
     assert "an instance was passed" not in (tmp_path / "a" / "log.txt").read_text()
-    c = Run(model=MLP(), out=str(tmp_path / "c"), **common).setup()
+    c = Run(model=MLP(), out=str(tmp_path / "c"), **common)
     assert "an instance was passed, so its weights were drawn before the run's seed" in \
         (tmp_path / "c" / "log.txt").read_text()
     for run in (a, b, c):
@@ -236,4 +235,4 @@ def test_a_vit_run_draws_its_attention_like_s9_s(folder_dir, tmp_path):
         ["blocks.0.attn", "blocks.1.attn"]
     from utils.vit_attention import entropy_per_layer
 
-    assert m["history"][-1]["attention_entropy"] == entropy_per_layer(run.model, run._probe())
+    assert m["history"][-1]["attention_entropy"] == entropy_per_layer(run.model, run.analysis.probe())

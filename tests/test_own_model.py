@@ -115,7 +115,7 @@ def test_batch_independence_flags_a_batch_mixing_block_and_passes_every_model_in
 def test_the_max_lr_is_the_range_test_suggestion_times_the_recipe_s_lr_scale(folder_dir, tmp_path):
     # 3 epochs of 12 steps: more than the range test's 20 (a shorter run would drop the scale, tests/test_colab.py)
     recipe = Recipe("scaled", epochs=3, batch_size=8, optimizer="sgd", lr_scale=3.0, lr_iters=20, model=SmallResNet)
-    run = Run(recipe=recipe, data_dir=str(folder_dir), device="cpu", out=str(tmp_path / "r"), subset=96).setup()
+    run = Run(recipe=recipe, data_dir=str(folder_dir), device="cpu", out=str(tmp_path / "r"), subset=96)
     run.find_lr()
     suggested = run.result.lr_search["suggested_lr"]
     assert run.result.max_lr == pytest.approx(3.0 * suggested)

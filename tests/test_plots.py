@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from assignments.run import PROBE_IMAGES, Run
+from assignments.analysis import PROBE_IMAGES
+from assignments.run import Run
 from models import ResNet18, TransformerUltimus
 from utils import plots
 from utils import metrics
@@ -40,7 +41,7 @@ def test_every_png_exists_and_decodes(tiny_run):
 
 
 def test_figures_have_the_expected_panels(tiny_run):
-    logits, y = tiny_run.predict()
+    logits, y = tiny_run.analysis.predict()
     assert len(plots.curves(tiny_run.history).axes) == 2
     assert len(plots.class_accuracy_figure(metrics.class_accuracy(logits.argmax(1), y)).axes) == 1
     assert len(plots.confusion_figure(metrics.confusion(logits.argmax(1), y)).axes) == 2  # matrix + colour bar
@@ -49,7 +50,7 @@ def test_figures_have_the_expected_panels(tiny_run):
 
 
 def test_class_table_sums_to_the_test_set_and_confusion_diagonal_is_the_correct_count(tiny_run):
-    logits, y = tiny_run.predict()
+    logits, y = tiny_run.analysis.predict()
     preds = logits.argmax(1)
     rows = metrics.class_accuracy(preds, y)
     assert len(rows) == 10 and sum(r["total"] for r in rows) == len(y) == 50

@@ -49,7 +49,7 @@ def test_bf16_autocast_step_learns_the_synthetic_task_with_fp32_state():
     tr, te = loaders(data, batch=64)
     model = small_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    history = fit(model, tr, te, opt, nn.CrossEntropyLoss(), "cpu", 3, log=lambda m: None, precision=Precision("bf16"))
+    history = fit(model, tr, te, opt, nn.CrossEntropyLoss(), 3, precision=Precision("bf16"))
     assert history[-1]["test_acc"] > 50 and history[-1]["test_loss"] < math.log(10) - 0.5  # chance: 10%
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast only: parameters stay fp32
     assert all(v.dtype == torch.float32 for s in opt.state.values() for v in s.values() if v.is_floating_point())
@@ -72,7 +72,7 @@ def test_fp32_is_exactly_the_plain_training_step():
     ref, _, _, ref_opt, ref_sched, _ = s9_setup(data, epochs=1)
     tr.set_epoch(1)
     batches = list(tr)
-    train_one_epoch(model, batches, opt, crit, "cpu", sched, precision=Precision("fp32"))
+    train_one_epoch(model, batches, opt, crit, sched, precision=Precision("fp32"))
     ref.train()
     for x, y in batches:
         ref_opt.zero_grad(set_to_none=True)
@@ -118,11 +118,11 @@ def test_fp16_scaler_skips_an_overflowing_step_without_a_finding():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     pr = Precision("fp16", "cpu")
     doctor = Doctor(grad_every=1, log=lambda m: None)
-    train_one_epoch(model, _batches(), opt, nn.CrossEntropyLoss(), "cpu", doctor=doctor, precision=pr)
+    train_one_epoch(model, _batches(), opt, nn.CrossEntropyLoss(), callbacks=[doctor], precision=pr)
     scale = pr.scaler.get_scale()
     before = [p.detach().clone() for p in model.parameters()]
     model.blow = True
-    train_one_epoch(model, _batches(1), opt, nn.CrossEntropyLoss(), "cpu", doctor=doctor, precision=pr)
+    train_one_epoch(model, _batches(1), opt, nn.CrossEntropyLoss(), callbacks=[doctor], precision=pr)
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))  # the step was skipped
     assert pr.scaler.get_scale() == scale / 2  # the scaler backed off
     assert doctor.findings == []  # and the doctor left it to the scaler
@@ -135,7 +135,7 @@ def test_fp16_gradients_that_overflow_even_unscaled_stop_the_run():
     doctor = Doctor(grad_every=1, log=lambda m: None)
     with pytest.raises(TrainingStopped, match="overflow even unscaled"):
         train_one_epoch(model, _batches(40), torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                        "cpu", doctor=doctor, precision=pr)
+                        callbacks=[doctor], precision=pr)
     assert [f.kind for f in doctor.findings] == ["non_finite"]
 
 
@@ -145,7 +145,7 @@ def test_fp32_reports_the_same_inf_gradient_at_once():
     doctor = Doctor(grad_every=1, log=lambda m: None)
     with pytest.raises(TrainingStopped, match="non-finite gradient"):
         train_one_epoch(model, _batches(1), torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
-                        "cpu", doctor=doctor, precision=Precision("fp32"))
+                        callbacks=[doctor], precision=Precision("fp32"))
 
 
 def test_fp16_scaler_state_is_checkpointed_and_restored(tmp_path):
@@ -153,9 +153,9 @@ def test_fp16_scaler_state_is_checkpointed_and_restored(tmp_path):
     model.blow = True  # two skipped steps: the scale falls from 65536 to 16384
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     pr = Precision("fp16", "cpu")
-    fit(model, _batches(2), _batches(1), opt, nn.CrossEntropyLoss(), "cpu", 1, checkpoint=tmp_path / "c.pt",
-        log=lambda m: None, precision=pr)
+    fit(model, _batches(2), _batches(1), opt, nn.CrossEntropyLoss(), 1, checkpoint=tmp_path / "c.pt",
+        precision=pr)
     again = Precision("fp16", "cpu")
-    fit(model, _batches(2), _batches(1), opt, nn.CrossEntropyLoss(), "cpu", 1, checkpoint=tmp_path / "c.pt",
-        resume=True, log=lambda m: None, precision=again)
+    fit(model, _batches(2), _batches(1), opt, nn.CrossEntropyLoss(), 1, checkpoint=tmp_path / "c.pt",
+        resume=True, precision=again)
     assert again.scaler.get_scale() == pr.scaler.get_scale() == 16384.0

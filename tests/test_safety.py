@@ -277,7 +277,7 @@ def test_resume_with_a_model_of_other_shapes_is_one_line(data_dir, tmp_path):
     before = snapshot(tmp_path / "mine")
     with pytest.raises(ResumeError, match=r"does not fit the model: '0.weight' is \(8, 3, 3, 3\) there, "
                                           r"\(16, 3, 3, 3\) here"):
-        Run(recipe=recipe, model=net(16), resume=True, **common).setup()
+        Run(recipe=recipe, model=net(16), resume=True, **common)
     assert snapshot(tmp_path / "mine") == before
 
 

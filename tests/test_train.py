@@ -13,7 +13,8 @@ from synthetic import colour_task
 from utils.checkpoint import atomic_save, load_checkpoint
 from utils.lr import one_cycle
 from utils.seed import set_seed
-from utils.train import evaluate, fit, format_test_line
+from utils.callbacks import EpochLog
+from utils.train import evaluate, fit
 from utils.augment import AUGMENTS
 from utils.transforms import make_loaders
 from utils.data import channel_stats
@@ -37,7 +38,7 @@ def s9_setup(data, epochs, seed=0, max_lr=5e-3, batch=32):
 def test_s9_spec_model_learns_the_synthetic_task_in_seconds():
     data = colour_task(1500, 400)
     model, tr, te, opt, sched, crit = s9_setup(data, epochs=5, max_lr=3e-3)  # the spec model's LR regime
-    history = fit(model, tr, te, opt, crit, "cpu", 5, sched, log=lambda m: None)
+    history = fit(model, tr, te, opt, crit, 5, sched)
     assert history[-1]["test_acc"] > 30  # chance is 10%: a collapsed or batch-mixing model stays near it
     assert history[-1]["test_loss"] < math.log(10) - 0.5
 
@@ -66,17 +67,16 @@ class StopAtEpoch:
 
 def test_resume_gives_the_same_metrics_and_weights_as_a_straight_run(tmp_path):
     data = colour_task(320, 100)
-    quiet = lambda m: None  # noqa: E731
     model, tr, te, opt, sched, crit = s9_setup(data, epochs=2)
-    straight = fit(model, tr, te, opt, crit, "cpu", 2, sched, checkpoint=tmp_path / "a.pt", log=quiet)
+    straight = fit(model, tr, te, opt, crit, 2, sched, checkpoint=tmp_path / "a.pt")
 
     model, tr, te, opt, sched, crit = s9_setup(data, epochs=2)
     with pytest.raises(Interrupted):
-        fit(model, StopAtEpoch(tr, 2), te, opt, crit, "cpu", 2, sched, checkpoint=tmp_path / "b.pt", log=quiet)
+        fit(model, StopAtEpoch(tr, 2), te, opt, crit, 2, sched, checkpoint=tmp_path / "b.pt")
     assert load_checkpoint(tmp_path / "b.pt")["epoch"] == 1
     model, tr, te, opt, sched, crit = s9_setup(data, epochs=2, seed=0)
     torch.manual_seed(999)  # the fresh process's own RNG state must not matter
-    resumed = fit(model, tr, te, opt, crit, "cpu", 2, sched, checkpoint=tmp_path / "b.pt", resume=True, log=quiet)
+    resumed = fit(model, tr, te, opt, crit, 2, sched, checkpoint=tmp_path / "b.pt", resume=True)
 
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(resumed) == strip(straight)
@@ -89,14 +89,14 @@ def test_same_seed_same_run():
     runs = []
     for _ in range(2):
         model, tr, te, opt, sched, crit = s9_setup(data, epochs=1, seed=7)
-        runs.append(fit(model, tr, te, opt, crit, "cpu", 1, sched, log=lambda m: None))
+        runs.append(fit(model, tr, te, opt, crit, 1, sched))
     assert runs[0][0]["train_loss"] == runs[1][0]["train_loss"] and runs[0][0]["test_loss"] == runs[1][0]["test_loss"]
 
 
 def test_history_holds_plain_floats_only():
     data = colour_task(100, 40)
     model, tr, te, opt, sched, crit = s9_setup(data, epochs=1)
-    history = fit(model, tr, te, opt, crit, "cpu", 1, sched, log=lambda m: None)
+    history = fit(model, tr, te, opt, crit, 1, sched)
     plain = lambda v: type(v) in (int, float) or (type(v) is list and all(type(c) is int for c in v))  # noqa: E731
     assert all(plain(v) for e in history for v in e.values())
     assert sum(history[0]["pred_counts"]) == 40  # test predictions per class cover the test set
@@ -118,11 +118,15 @@ def test_test_loss_is_the_mean_over_the_whole_test_set():
     torch.manual_seed(0)
     logits, y = torch.randn(70, 10), torch.randint(0, 10, (70,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(70), y), batch_size=32)
-    m = evaluate(FixedLogits(logits), loader, "cpu")
+    m = evaluate(FixedLogits(logits), loader)
     assert m["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
     assert m["correct"] == int((logits.argmax(1) == y).sum()) and m["total"] == 70
-    assert format_test_line(m) == (f"Test set: Average loss: {m['loss']:.4f}, Accuracy: {m['correct']}/70 "
-                            f"({100 * m['correct'] / 70:.2f}%)")
+    lines = []
+    entry = {"train_loss": 0.0, "train_acc": 0.0, "lr": 0.0, "test_loss": m["loss"], "test_acc": m["acc"],
+             "pred_counts": m["pred_counts"]}
+    EpochLog(lines.append).on_test(None, entry)  # the log's test line: the true mean loss, the counts
+    assert lines[-1] == (f"Test set: Average loss: {m['loss']:.4f}, Accuracy: {m['correct']}/70 "
+                         f"({100 * m['correct'] / 70:.2f}%)")
 
 
 def test_one_cycle_peaks_at_epoch_5_linear_two_phases():
@@ -192,7 +196,7 @@ def test_train_loss_is_plain_cross_entropy_even_with_label_smoothing():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(64), y), batch_size=64)
     model = FixedLogits(logits)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    out = train_one_epoch(model, loader, opt, nn.CrossEntropyLoss(label_smoothing=0.2), "cpu")
+    out = train_one_epoch(model, loader, opt, nn.CrossEntropyLoss(label_smoothing=0.2))
     assert out["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
 
 
@@ -223,7 +227,7 @@ def test_the_train_loop_reads_the_device_once_per_sync_not_per_step(with_doctor)
     batches = list(train)  # loaded beforehand: the count is the loop's own
     doctor = Doctor(log=lambda m: None) if with_doctor else None
     with HostReads() as reads:
-        out = train_one_epoch(model, batches, opt, crit, "cpu", sched, doctor, sync_every=10)
+        out = train_one_epoch(model, batches, opt, crit, sched, callbacks=[doctor] if doctor else [], sync_every=10)
     assert out["steps"] == 30
     # 3 reads of 10 steps' numbers; the doctor's gradient check reads norms at steps 1, 10, 20, 30
     assert reads.count == 3 + (4 if with_doctor else 0)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .callbacks import Callback
+
 
 def batch_stats(loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """What the doctor reads from one step, as one fp32 tensor on the logits' device (no host read):
@@ -69,14 +71,66 @@ ADVICE = {
 
 
 
-class Doctor:
-    """Per-step health checks; ``findings`` collects what it saw, ``strict`` stops at the first one.
+def schedule_check(max_lr: float, suggested_lr: float | None, min_loss_lr: float | None = None,
+                   lr_scale: float = 1.0) -> tuple[str, str] | None:
+    """Before training: is the one-cycle max LR far above the range test's suggestion, or is the suggestion the loss
+    minimum itself (a curve with no descent before it) and taken as it is? Returns (kind, what) of a finding,
+    ("note", text) for a choice the recipe made on purpose, or None."""
+    if not suggested_lr:
+        return None
+    if min_loss_lr and math.isclose(suggested_lr, min_loss_lr, rel_tol=1e-6):
+        what = (f"the range test's steepest descent falls on its loss minimum (suggestion = minimum = "
+                f"{suggested_lr:.3g}): the LR where the loss stops falling, at the edge of instability")
+        if lr_scale < 1:
+            return "note", f"{what}; the recipe takes {lr_scale:.3g} of it (lr_scale): {max_lr:.3g}"
+        if max_lr >= 0.8 * suggested_lr:
+            return "no_descent", f"{what}, and the run uses it as it is ({max_lr:.3g})"
+    if lr_scale > 1:  # the recipe's own choice (S7's was measured); the checks during training still watch
+        past = f", past its loss minimum {min_loss_lr:.3g}" if min_loss_lr and max_lr > min_loss_lr else ""
+        return "note", (f"max LR {max_lr:.3g} is the recipe's {lr_scale:.3g} x the range test's suggestion "
+                        f"{suggested_lr:.3g} (lr_scale){past}")
+    if min_loss_lr and max_lr >= 0.8 * min_loss_lr and min_loss_lr > 3 * suggested_lr:
+        return "schedule", (f"max LR {max_lr:.3g} sits at the range test's loss minimum ({min_loss_lr:.3g}), "
+                            f"{max_lr / suggested_lr:.0f}x its suggestion {suggested_lr:.3g}")
+    if max_lr > 10 * suggested_lr:
+        return "schedule", f"max LR {max_lr:.3g} is {max_lr / suggested_lr:.0f}x the range test's suggestion {suggested_lr:.3g}"
+    return None
+
+
+BATCH_DEPENDENCE = 1e-3  # relative difference of an image's outputs alone vs in a batch above which it is a finding
+
+
+def batch_dependence_check(difference: float, threshold: float = BATCH_DEPENDENCE) -> tuple[str, str] | None:
+    """``difference``: :func:`utils.checks.batch_independence` of the model (relative); above ``threshold`` an
+    image's outputs depend on the rest of its batch. Returns (kind, what) or None."""
+    if difference > threshold:
+        return "batch_dependence", (f"an image's outputs alone and in a batch of 64 differ by {difference:.1e} "
+                                    f"(relative; a per-image model: ~1e-7)")
+    return None
+
+
+# The rules that watch training steps, and the steps each needs before it can fire (its warm-up, from the doctor's
+# settings): the window checks begin after grace + window steps, and a condition must then persist patience steps.
+WARMUP = {
+    "divergence": lambda d: d.grace + d.window,
+    "collapse": lambda d: d.grace + d.window + d.patience,
+    "vanishing": lambda d: min(d.grace + d.window + d.patience, d.grace + 3 * d.grad_every),
+}
+# ... and those that judge from the first step (or before it, or at an epoch's end)
+ALWAYS_CHECKED = {"non_finite": "non-finite values", "schedule": "the schedule",
+                  "concentrated": "test predictions per class", "batch_dependence": "the per-image check"}
+
+
+class Doctor(Callback):
+    """Per-step health checks, as a :class:`utils.callbacks.Callback` of :func:`utils.train.fit`; ``findings``
+    collects what it saw, ``strict`` stops at the first one.
 
     ``window`` steps of history are compared after ``grace`` steps (a fresh network may briefly
     predict one class), and a condition must hold ``patience`` steps in a row before it is reported.
     ``band`` is how close to ln(num_classes) a stuck loss must stay; a window-mean loss ``rise`` nats
-    above the best window so far is a divergence (our first S9 run rose 1.4 -> 2.1).
+    above the best window so far is a divergence (an S9 spec run measured 1.4 -> 2.1 before it broke down).
     """
+    state_key = "health"  # the findings, saved in every checkpoint
 
     def __init__(self, num_classes: int = 10, window: int = 30, grace: int = 20, band: float = 0.02,
                  patience: int = 30, grad_every: int = 10, rise: float = 0.5, crowd: int = 2, strict: bool = False,
@@ -98,33 +152,48 @@ class Doctor:
         self.crowd = crowd  # at most this many classes taking 90% of the test predictions is a finding
         self.findings: list[Finding] = []
 
-    # --- hooks called by the training loop -------------------------------------------------------
+    # --- the callback's events -------------------------------------------------------------------
+    def on_steps(self, state, rows) -> None:
+        for r in rows:
+            self.observe(r.step, r.loss, r.correct, r.top, r.spread, r.size)
+        if state.precision.hopeless():
+            self.non_finite(state.step, f"gradients overflow even unscaled (fp16 scale "
+                                        f"{state.precision.scaler.get_scale():g})")
+
+    def after_backward(self, state) -> None:
+        self.check_gradients(state.step, state.model, state.precision.overflow_expected)
+
+    def on_epoch_end(self, state, entry) -> None:
+        previous = state.history[-2]["test_loss"] if len(state.history) > 1 else None
+        self.check_test_loss(state.step, entry["test_loss"], previous)
+        if state.epoch == state.epochs:  # early epochs may crowd (a fresh S9 does); the end may not
+            self.check_predictions(state.step, entry["pred_counts"])
+
+    def state_dict(self) -> list[dict]:
+        return self.report()
+
+    def load_state_dict(self, data: list[dict]) -> None:
+        self.findings = [Finding(**f) for f in data]
+
+    # --- checks before and after training --------------------------------------------------------
+    def add(self, step: int, check: tuple[str, str] | None) -> None:
+        """Record a pre-flight check's result (:func:`schedule_check`, :func:`batch_dependence_check`)."""
+        if check is None:
+            return
+        kind, what = check
+        if kind == "note":
+            self.log(f"DOCTOR note: {what}")
+        else:
+            self._report(step, kind, what)
+
     def check_schedule(self, max_lr: float, suggested_lr: float | None, min_loss_lr: float | None = None,
                        lr_scale: float = 1.0) -> None:
-        """Before training: is the one-cycle max LR far above the range test's suggestion, or is the suggestion
-        the loss minimum itself (a curve with no descent before it) and taken as it is?"""
-        if not suggested_lr:
-            return
-        if min_loss_lr and math.isclose(suggested_lr, min_loss_lr, rel_tol=1e-6):
-            what = (f"the range test's steepest descent falls on its loss minimum (suggestion = minimum = "
-                    f"{suggested_lr:.3g}): the LR where the loss stops falling, at the edge of instability")
-            if lr_scale < 1:
-                self.log(f"DOCTOR note: {what}; the recipe takes {lr_scale:.3g} of it (lr_scale): {max_lr:.3g}")
-                return
-            if max_lr >= 0.8 * suggested_lr:
-                self._report(0, "no_descent", f"{what}, and the run uses it as it is ({max_lr:.3g})")
-                return
-        if lr_scale > 1:  # the recipe's own choice (S7's was measured); the checks during training still watch
-            past = f", past its loss minimum {min_loss_lr:.3g}" if min_loss_lr and max_lr > min_loss_lr else ""
-            self.log(f"DOCTOR note: max LR {max_lr:.3g} is the recipe's {lr_scale:.3g} x the range test's "
-                     f"suggestion {suggested_lr:.3g} (lr_scale){past}")
-            return
-        if min_loss_lr and max_lr >= 0.8 * min_loss_lr and min_loss_lr > 3 * suggested_lr:
-            self._report(0, "schedule", f"max LR {max_lr:.3g} sits at the range test's loss minimum "
-                                        f"({min_loss_lr:.3g}), {max_lr / suggested_lr:.0f}x its suggestion {suggested_lr:.3g}")
-        elif max_lr > 10 * suggested_lr:
-            self._report(0, "schedule", f"max LR {max_lr:.3g} is {max_lr / suggested_lr:.0f}x the range test's "
-                                        f"suggestion {suggested_lr:.3g}")
+        """:func:`schedule_check`, recorded."""
+        self.add(0, schedule_check(max_lr, suggested_lr, min_loss_lr, lr_scale))
+
+    def check_batch_dependence(self, step: int, difference: float, threshold: float = BATCH_DEPENDENCE) -> None:
+        """:func:`batch_dependence_check`, recorded."""
+        self.add(step, batch_dependence_check(difference, threshold))
 
     def check_gradients(self, step: int, model: nn.Module, overflow_expected: bool = False) -> None:
         """After backward, before the optimizer step: stop on non-finite grads; flag dead layers.
@@ -171,24 +240,15 @@ class Doctor:
             top = ", ".join(f"{s:.0%}" for s in shares[:crowded])
             self._report(step, "concentrated", f"90% of the test predictions go to {crowded} class(es) ({top})")
 
-    def check_batch_dependence(self, step: int, difference: float, threshold: float = 1e-3) -> None:
-        """``difference``: :func:`utils.checks.batch_independence` of the model (relative); above
-        ``threshold`` an image's outputs depend on the rest of its batch."""
-        if difference > threshold:
-            self._report(step, "batch_dependence", f"an image's outputs alone and in a batch of 64 differ by "
-                                                   f"{difference:.1e} (relative; a per-image model: ~1e-7)")
-
     def judged(self, steps: int) -> str:
-        """What the doctor could check in a run of ``steps`` steps, in one sentence."""
-        start = self.grace + self.window  # the window checks begin here; a condition must then persist
-        need = {"divergence": start, "collapse": start + self.patience,
-                "vanishing": min(start + self.patience, self.grace + 3 * self.grad_every)}
+        """What the doctor could check in a run of ``steps`` steps, in one sentence (from :data:`WARMUP`)."""
+        need = {kind: warmup(self) for kind, warmup in WARMUP.items()}
         short = {kind: n for kind, n in need.items() if steps < n}
         if not short:
             return f"all checks ran ({steps} steps)"
         return (f"too few steps to judge ({steps} steps): not checked: "
                 + ", ".join(f"{kind} (needs {n})" for kind, n in short.items())
-                + "; checked: non-finite values, the schedule, test predictions per class, the per-image check")
+                + "; checked: " + ", ".join(ALWAYS_CHECKED.values()))
 
     def non_finite(self, step: int, what: str) -> None:
         """A NaN/inf the run cannot go on with: reported, and the run stops."""

@@ -101,10 +101,6 @@ def write_report(result: RunResult, out: str | Path, log_text: str = "") -> Path
         lines += ["", f"## {FIGURE_TITLES.get(name, name)}", "", f"![{name}]({Path(path).name})"]
         if name in result.tables:  # the figure's numbers (class accuracy, attention per block)
             lines += ["", "```text", result.tables[name], "```"]
-    summary = result.tables.get("summary")
-    if summary:
-        lines += ["", "## Model summary", "", "```text", summary, "```"]
-        log_text = log_text.replace(summary + "\n", "")  # shown above already
     if log_text:
         lines += ["", "## Training log", "", "```text", log_text.rstrip(), "```"]
     path = Path(out) / "report.md"

@@ -1,0 +1,88 @@
+"""A model's attention, whichever kind it has, behind one interface for the run: S9's Ultimus blocks
+(:mod:`utils.attention`) or standard self-attention layers, a ViT's (:mod:`utils.vit_attention`).
+
+:func:`model_attention` returns the adapter for a model, or None for a model without attention; the run measures
+its entropy every epoch on a fixed test batch (``probe``), and draws its figures after training.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .attention import attention_stats, entropy_per_block, ultimus_blocks
+from .vit_attention import attention_layers, entropy_per_layer, rollout_maps, vit_attention
+
+
+class UltimusAttention:
+    """S9's blocks: each block's 8x8 attention matrix (:class:`utils.attention.AttentionStats`)."""
+    unit = "block"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def uniform(self, probe: torch.Tensor) -> str:
+        return f"ln 8 = {math.log(8):.3f}"  # the block's 8-dimensional queries and keys: 8 columns per row
+
+    def entropy(self, probe: torch.Tensor) -> list[float]:
+        return entropy_per_block(self.model, probe)
+
+    def stats(self, test_loader, probe: torch.Tensor, num_classes: int):
+        device = next(self.model.parameters()).device
+        return attention_stats(self.model, test_loader, device, num_classes)  # the whole test set
+
+    def map_figures(self, stats, mistakes) -> dict:
+        from .attention_plots import attention_maps_figure
+
+        return {"attention_maps": attention_maps_figure(stats)}
+
+    def entropy_figure(self, stats, history: list[dict], start: list[float] | None):
+        from .attention_plots import attention_entropy_figure
+
+        return attention_entropy_figure(history, stats, start)
+
+
+class SelfAttention:
+    """Standard self-attention (timm ``Attention``, ``nn.MultiheadAttention``): the class token's attention on the
+    patch grid (:class:`utils.vit_attention.ViTAttention`) and its rollout on given images."""
+    unit = "layer"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def uniform(self, probe: torch.Tensor) -> str:
+        tokens = vit_attention(self.model, probe[:1]).tokens
+        return f"ln {tokens} = {math.log(tokens):.3f}"
+
+    def entropy(self, probe: torch.Tensor) -> list[float]:
+        return entropy_per_layer(self.model, probe)
+
+    def stats(self, test_loader, probe: torch.Tensor, num_classes: int):
+        return vit_attention(self.model, probe)
+
+    def map_figures(self, stats, mistakes) -> dict:
+        """``mistakes``: (images (N, 3, H, W) normalised, shown (N, H, W, 3) in [0, 1], actual, predicted) or None."""
+        from .attention_plots import rollout_figure, vit_attention_figure
+
+        figs = {"attention_maps": vit_attention_figure(stats)}
+        if mistakes is not None:
+            x, shown, actual, predicted = mistakes
+            maps = rollout_maps(self.model, x).numpy()  # (N, g, g)
+            figs["attention_rollout"] = rollout_figure(np.asarray(shown), maps, actual, predicted)
+        return figs
+
+    def entropy_figure(self, stats, history: list[dict], start: list[float] | None):
+        from .attention_plots import layer_entropy_figure
+
+        return layer_entropy_figure(history, stats.layers, stats.tokens, start)
+
+
+def model_attention(model: nn.Module) -> UltimusAttention | SelfAttention | None:
+    """The adapter for ``model``'s attention: Ultimus blocks first (S9), then self-attention layers; else None."""
+    if ultimus_blocks(model):
+        return UltimusAttention(model)
+    if attention_layers(model):
+        return SelfAttention(model)
+    return None
