@@ -14,6 +14,23 @@ from utils.recipe import Recipe
 from .config import RunConfig
 
 
+def place(config: RunConfig) -> tuple[torch.device, distributed.World]:
+    """The device a run trains on and, under torchrun, this process's rank (its GPU); options the device cannot
+    take are one line."""
+    from utils.seed import pick_device
+
+    device = pick_device(config.device)
+    world = distributed.init(device.type)  # torchrun: this process's rank; else a single process
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
+    if config.precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 runs on CUDA only (on the CPU it measured ~100x slower than fp32); "
+                         "use bf16 or fp32 there")
+    if config.sync_bn and not (world.size > 1 and device.type == "cuda"):
+        raise ValueError("--sync-bn needs torchrun with more than one process on CUDA")
+    return device, world
+
+
 def make_loaders(config: RunConfig, recipe: Recipe, train_split, test_split, mean, std, batch_size: int,
                  device: torch.device, world: distributed.World = distributed.World()):
     """(train loader, test loader): on CUDA (or ``--loader fast``) the split on the device, augmented per batch;
@@ -52,3 +69,30 @@ def command(world: distributed.World = distributed.World()) -> str:
 def device_name(device: torch.device) -> str:
     n = torch.get_num_threads()
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({n} thread{'s' * (n != 1)})"
+
+
+def start_lines(run, data, subset: int | None, instance: bool) -> list[str]:
+    """The log's first lines for a built :class:`assignments.run.Run`: model, device, data and its statistics,
+    what the run ignored or used instead of what was asked, the model check."""
+    c, res, world = run.config, run.result, run.world
+    lines = [f"{res.name}: {res.model} ({res.params:,} parameters) | device {run.device} ({res.device}) | "
+             f"precision {run.precision}{' | torch.compile' if c.compile else ''} | out {run.out}"]
+    if world.size > 1:
+        lines.append(f"torchrun: {world.size} processes ({'nccl' if run.device.type == 'cuda' else 'gloo'}), "
+                     f"{run.batch_size // world.size} images per process per step (global batch {run.batch_size}); "
+                     f"the last short batch of an epoch is dropped" + ("; SyncBatchNorm" if c.sync_bn else ""))
+    lines.append(f"data: {res.data}: {len(run.train_split)} train / {len(run.test_split)} test images; "
+                 f"mean {tuple(round(m, 4) for m in run.mean)} std {tuple(round(s, 4) for s in run.std)}")
+    lines += [f"data: {note}" for note in data.notes]
+    if c.subset and not subset:
+        lines.append(f"--subset {c.subset}: the data has {len(data.train)} training images; all of them are used")
+    if run.resumed.ignored:
+        lines.append(f"resume: ignored {', '.join(run.resumed.ignored)}: a resumed run keeps the options it was "
+                     f"started with")
+    if instance and not c.resume:
+        lines.append("model: an instance was passed, so its weights were drawn before the run's seed; pass the class "
+                     "or a function that builds it (model=MyNet) for weights that --seed fixes")
+    lines.append(f"model check: an image's outputs alone vs in a batch of 64 differ by "
+                 f"{res.checks['batch_independence']:.1e} (relative)"
+                 + ("; the model returns log-probabilities" if res.checks["log_probs"] else ""))
+    return lines

@@ -17,7 +17,7 @@ from utils.checkpoint import load_run_checkpoint
 from utils.precision import PRECISIONS
 
 from .outdir import CHECKPOINT, OutError, check_new, default_out, holder, in_use
-from .recipes import ASSIGNMENTS, S9_VARIANTS
+from .recipes import ASSIGNMENTS, S9_VARIANTS, recipe
 from .resume import planned_epochs
 
 # what a resumed run takes from its checkpoint (the schedule and data it started with)
@@ -103,8 +103,8 @@ class RunConfig:
 
     assignment: str | None = option(None, "S7, S8 or S9 (a built-in recipe)", choices=ASSIGNMENTS, cli=False)
     variant: str = option("spec", "S9's Ultimus block", choices=tuple(S9_VARIANTS))
-    epochs: int | None = option(None, "default: the recipe's (S7 20, S8 24, S9 24)", check=positive_int)
-    batch_size: int | None = option(None, "default: the recipe's (S7/S8 512, S9 128)", check=positive_int)
+    epochs: int | None = option(None, "default: the recipe's", check=positive_int)
+    batch_size: int | None = option(None, "default: the recipe's", check=positive_int)
     lr: str = option("auto", "max LR of the one-cycle; 'auto' runs the LR range test", check=lr_value)
     data_dir: str | None = option(None, "local CIFAR-10: DIR/cifar-10-batches-py or DIR/{train,test}/<class>/*.jpg",
                                   check=path_text)
@@ -128,6 +128,8 @@ class RunConfig:
                                  "augmented per batch; auto: fast on CUDA, classic on the CPU",
                          choices=("auto", "classic", "fast"))
     sync_bn: bool = option(False, "under torchrun on CUDA: SyncBatchNorm, BatchNorm statistics over all processes")
+    tensorboard: bool = option(True, "write no TensorBoard event files (default: under <out>/tb)",
+                               flag="--no-tensorboard")
     gallery: int = option(10, "misclassified images in the gallery and Grad-CAM", check=gallery_size)
 
     def __post_init__(self):
@@ -171,6 +173,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         if meta["check"]:
             kwargs["type"] = _argparse_type(meta["check"])
         default = f" (default {f.default})" if f.default is not None else ""
+        if meta["help"].endswith("the recipe's"):  # its numbers, from the recipes themselves
+            default = " (" + ", ".join(f"{a} {getattr(recipe(a), f.name)}" for a in ASSIGNMENTS) + ")"
         parser.add_argument(flag, dest=f.name, default=f.default, help=meta["help"] + default, **kwargs)
 
 
@@ -200,10 +204,6 @@ class Resolved:
     state: dict | None = None  # the whole checkpoint (a resume)
     ignored: tuple[str, ...] = ()
 
-    @property
-    def saved(self) -> dict | None:
-        """The checkpoint's ``extra`` (what the run saved beside the weights), for a resume."""
-        return self.state["extra"] if self.state else None
 
 
 def resolve_out(config: RunConfig, name: str) -> Resolved:

@@ -3,6 +3,7 @@ parameter names and shapes, data and its size) with the run about to continue it
 a mismatch is one line naming it."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from torch import nn
@@ -51,3 +52,31 @@ def check_resumable(state: dict, identity: dict, model: nn.Module, out: Path) ->
                           f"--data-dir (and --subset) it was started with")
     if planned is not None and state["epoch"] > planned:
         raise ResumeError(f"{where} is at epoch {state['epoch']} of a {planned}-epoch run")
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What a run carries across ``--resume`` beside its weights and history: read once from the checkpoint's
+    ``extra`` (:meth:`of`), written into every checkpoint with the run's identity (:meth:`extra`)."""
+    max_lr: float | None = None  # the one-cycle's max LR, fixed at the run's start
+    lr_search: dict | None = None  # the range test of the run's start (redrawn for the report)
+    commands: tuple[str, ...] = ()  # the command lines so far, first run then resumes
+    wall_seconds: float = 0.0  # the processes' seconds so far
+    attention_entropy_start: list[float] | None = None  # attention entropy on the untrained weights
+    step: int = 0  # the last checkpointed optimizer step (0: nothing trained yet)
+
+    @classmethod
+    def of(cls, state: dict | None) -> "Carried":
+        if not state:
+            return cls()
+        e, history = state["extra"], state["history"]
+        return cls(e.get("max_lr"), e.get("lr_search"), tuple(e.get("commands", [])), e.get("wall_seconds", 0.0),
+                   e.get("attention_entropy_start"), history[-1]["step"] if history else 0)
+
+    def extra(self, **identity) -> dict:
+        """The checkpoint's ``extra``: these fields (but ``step``, which the history holds) and ``identity``
+        (config, recipe, identity, mean, std), as :func:`check_resumable` and the explorer read them."""
+        d = asdict(self)
+        d.pop("step")
+        d["commands"] = list(self.commands)
+        return {**identity, **d}

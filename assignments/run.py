@@ -27,16 +27,17 @@ from utils.precision import Precision
 from utils.progress import say
 from utils.recipe import Recipe
 from utils.report import RunResult, write_metrics, write_report
-from utils.seed import pick_device, set_seed
+from utils.seed import set_seed
 from utils.summary import count_params, model_summary, summary_text
+from utils.tensorboard import TensorBoard
 from utils.train import fit
 
 from .analysis import Analysis
-from .build import command, device_name, make_loaders, stepping_module
+from .build import command, device_name, make_loaders, place, start_lines, stepping_module
 from .config import RunConfig, resolve_out
 from .outdir import CHECKPOINT, claim, release
 from .recipes import recipe as builtin_recipe
-from .resume import check_resumable
+from .resume import Carried, check_resumable
 
 
 class Run:
@@ -56,15 +57,7 @@ class Run:
             raise ValueError("Run needs assignment='S7'|'S8'|'S9' or recipe=Recipe(...) with a model")
         if recipe is not None and not isinstance(recipe, Recipe):
             raise ValueError(f"Run: recipe must be a utils.Recipe; got {type(recipe).__name__}")
-        self.device = pick_device(config.device)
-        self.world = distributed.init(self.device.type)  # torchrun: this process's rank; else a single process
-        if self.device.type == "cuda" and self.world.size > 1:
-            self.device = torch.device("cuda", self.world.local_rank)
-        if config.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("--precision fp16 runs on CUDA only (on the CPU it measured ~100x slower than fp32); "
-                             "use bf16 or fp32 there")
-        if config.sync_bn and not (self.world.size > 1 and self.device.type == "cuda"):
-            raise ValueError("--sync-bn needs torchrun with more than one process on CUDA")
+        self.device, self.world = place(config)  # the device; under torchrun this process's rank
         # the out folder; a resume reads its checkpoint (the schedule and data it started with) and names the
         # options it cannot change (under torchrun rank 0 decides and the others take its answer)
         name = recipe.name if recipe else builtin_recipe(config.assignment, config.variant).name
@@ -110,41 +103,19 @@ class Run:
         self.out = distributed.decided(lambda: claim(self.resumed.out, unique=self.resumed.unique, overwrite=c.overwrite,
                                                      resume=c.resume, command=command(self.world)))
         self.log_path = self.out / "log.txt"
-        saved = self.resumed.saved or {}
+        self.carried = Carried.of(self.resumed.state)  # what a resume takes from the run it continues
         self.result = RunResult(
             name=r.name, model=type(self.model).__name__, params=count_params(self.model), data=data_line,
             device=device_name(self.device), precision=repr(self.precision), epochs=self.epochs,
             assignment=c.assignment, config=dataclasses.asdict(c), recipe=r.to_dict(),
-            commands=saved.get("commands", []) + [command(self.world)], world_size=self.world.size)
+            commands=[*self.carried.commands, command(self.world)], world_size=self.world.size)
         self.result.checks.update(batch_independence=mixing, log_probs=log_probs)
+        self.tensorboard = (TensorBoard(self.out / "tb", purge_step=self.carried.step + 1 if c.resume else None)
+                            if c.tensorboard and self.world.main else None)
         self.analysis = Analysis(self.model, self.test_split, self.test_loader, self.mean, self.std, self.precision,
                                  self.result, self.log, self._save, log_probs)
-        self._log_start(data, subset, instance=isinstance(source, nn.Module))
-
-    def _log_start(self, data, subset, instance: bool) -> None:
-        c, res = self.config, self.result
-        self.log(f"{res.name}: {res.model} ({res.params:,} parameters) | device {self.device} ({res.device}) | "
-                 f"precision {self.precision}{' | torch.compile' if c.compile else ''} | out {self.out}")
-        if self.world.size > 1:
-            self.log(f"torchrun: {self.world.size} processes ({'nccl' if self.device.type == 'cuda' else 'gloo'}), "
-                     f"{self.batch_size // self.world.size} images per process per step (global batch "
-                     f"{self.batch_size}); the last short batch of an epoch is dropped"
-                     + ("; SyncBatchNorm" if c.sync_bn else ""))
-        self.log(f"data: {res.data}: {len(self.train_split)} train / {len(self.test_split)} test images; "
-                 f"mean {tuple(round(m, 4) for m in self.mean)} std {tuple(round(s, 4) for s in self.std)}")
-        for note in data.notes:
-            self.log(f"data: {note}")
-        if c.subset and not subset:
-            self.log(f"--subset {c.subset}: the data has {len(data.train)} training images; all of them are used")
-        if self.resumed.ignored:
-            self.log(f"resume: ignored {', '.join(self.resumed.ignored)}: a resumed run keeps the options it was "
-                     f"started with")
-        if instance and not c.resume:
-            self.log("model: an instance was passed, so its weights were drawn before the run's seed; pass the class "
-                     "or a function that builds it (model=MyNet) for weights that --seed fixes")
-        self.log(f"model check: an image's outputs alone vs in a batch of 64 differ by "
-                 f"{res.checks['batch_independence']:.1e} (relative)"
-                 + ("; the model returns log-probabilities" if res.checks["log_probs"] else ""))
+        for line in start_lines(self, data, subset, instance=isinstance(source, nn.Module)):
+            self.log(line)
 
     def log(self, message: str) -> None:
         """Print ``message`` and append it to the run's log.txt (under torchrun: rank 0 only)."""
@@ -157,6 +128,8 @@ class Run:
     def _save(self, name: str, fig):
         if self.world.main:  # under torchrun rank 0 writes the files
             self.result.figures[name] = str(plots.save(fig, self.out / f"{name}.png"))
+        if self.tensorboard:
+            self.tensorboard.figure(name, fig, self.result.history[-1]["step"] if self.result.history else 0)
         return fig
 
     # --- the steps -------------------------------------------------------------------------------
@@ -173,9 +146,9 @@ class Run:
 
     def find_lr(self):
         """LR range test (``lr="auto"``) or the given max LR; returns the range-test figure (or None)."""
-        c, r, res, saved = self.config, self.recipe, self.result, self.resumed.saved
-        if saved:  # the range test of the run's start, redrawn for the report
-            res.max_lr, res.lr_search = saved["max_lr"], saved.get("lr_search")
+        c, r, res = self.config, self.recipe, self.result
+        if c.resume:  # the range test of the run's start, redrawn for the report
+            res.max_lr, res.lr_search = self.carried.max_lr, self.carried.lr_search
             self.log(f"max LR {res.max_lr:.3e} (from the checkpoint)")
             return self._save("lr_range_test", plots.lr_figure(LRSearch(**res.lr_search))) if res.lr_search else None
         if c.lr != "auto":
@@ -189,16 +162,14 @@ class Run:
             search = find_lr(self.model, r.make_optimizer, self.criterion, loader, self.device,
                              end_lr=r.lr_end, num_iter=r.lr_iters, precision=self.precision)
         search = distributed.broadcast(search)
-        res.lr_search, res.max_lr = dataclasses.asdict(search), search.suggested_lr * r.lr_scale
-        scaled = f" x {r.lr_scale:.3g} (the recipe's lr_scale) = {res.max_lr:.3e}" if r.lr_scale != 1 else ""
+        res.lr_search = dataclasses.asdict(search)
+        res.max_lr, dropped = r.max_lr(search.suggested_lr, self.epochs * len(self.train_loader))
+        scaled = f" x {r.lr_scale:.3g} (the recipe's lr_scale) = {search.suggested_lr * r.lr_scale:.3e}" \
+            if r.lr_scale != 1 else ""
         self.log(f"LR range test ({r.lr_iters} steps on the training set): suggested max LR "
                  f"{search.suggested_lr:.3e} (steepest descent){scaled}; loss minimum at {search.min_loss_lr:.3e}")
-        steps = self.epochs * len(self.train_loader)
-        if r.lr_scale > 1 and steps < r.lr_iters:  # a recipe's lr_scale > 1 is measured on full runs
-            res.max_lr = search.suggested_lr
-            self.log(f"max LR {search.suggested_lr:.3e}, the range test's suggestion without the recipe's lr_scale "
-                     f"{r.lr_scale:.3g}: this run has {steps} training steps, fewer than the range test's "
-                     f"{r.lr_iters}, and the scale was chosen on full runs (a quick check diverges with it)")
+        if dropped:
+            self.log(dropped)
         return self._save("lr_range_test", plots.lr_figure(search))
 
     def train(self) -> list[dict]:
@@ -221,6 +192,9 @@ class Run:
                  f"{r.optimizer} wd {r.weight_decay}, batch {self.batch_size}")
         callbacks = [EpochLog(self.log), ProgressBar(), History(res.history), *([doctor] if doctor else []),
                      *self._attention_watch(), Saved("extra", self._checkpoint_extra)]
+        if self.tensorboard:
+            self.tensorboard.findings = lambda: doctor.findings if doctor else []
+            callbacks.append(self.tensorboard)
         try:
             fit(self.step_model, self.train_loader, self.eval_loader, optimizer, self.criterion, self.epochs,
                 scheduler, precision=self.precision, callbacks=callbacks, checkpoint=self.out / CHECKPOINT,
@@ -243,8 +217,8 @@ class Run:
         if kind is None:
             return []
         probe = self.analysis.probe()
-        saved = self.resumed.saved
-        res.checks["attention_entropy_start"] = saved.get("attention_entropy_start") if saved else kind.entropy(probe)
+        res.checks["attention_entropy_start"] = (self.carried.attention_entropy_start if self.config.resume
+                                                 else kind.entropy(probe))
         self.log(f"attention row entropy per {kind.unit} before training ({kind.uniform(probe)} is uniform): "
                  + ", ".join(f"{h:.3f}" for h in res.checks["attention_entropy_start"] or []))
         return [Measure("attention_entropy", lambda: kind.entropy(probe))]
@@ -252,9 +226,10 @@ class Run:
     def _checkpoint_extra(self) -> dict:
         """What every checkpoint keeps beside the weights, for ``--resume`` and its checks."""
         res = self.result
-        return {"config": res.config, "max_lr": res.max_lr, "lr_search": res.lr_search, "recipe": res.recipe,
-                "commands": res.commands, "wall_seconds": self._wall(), "identity": self.identity,
-                "attention_entropy_start": res.checks.get("attention_entropy_start")}
+        carried = Carried(res.max_lr, res.lr_search, tuple(res.commands), self._wall(),
+                          res.checks.get("attention_entropy_start"))
+        return carried.extra(config=res.config, recipe=res.recipe, identity=self.identity, mean=list(self.mean),
+                             std=list(self.std))
 
     # --- the trained model's figures: assignments.analysis.Analysis ---------------------------------
     def curves(self):
@@ -299,9 +274,18 @@ class Run:
 
         return keep_run(self.out, to_drive)
 
+    def app(self, **options):
+        """Explore the trained model in the browser, inline in Colab and Jupyter: :func:`assignments.app.app`
+        (installs nothing: ``pip install gradio`` first where it is missing)."""
+        from .app import app
+
+        return app(self, **options)
+
     def close(self) -> None:
-        """Release the out folder's lock, so another process may resume or read the run (ending this process
-        does it too; ``run_all`` does it when it returns)."""
+        """Close the TensorBoard files and release the out folder's lock, so another process may resume or read
+        the run (ending this process does it too; ``run_all`` does it when it returns)."""
+        if self.tensorboard:
+            self.tensorboard.close()
         release(self.out)
 
     def run_all(self) -> int:
@@ -342,13 +326,18 @@ class Run:
 
     def _wall(self) -> float:
         """Seconds of this process's run plus those of the runs it resumes."""
-        return round((self.resumed.saved or {}).get("wall_seconds", 0.0) + time.perf_counter() - self.t0, 1)
+        return round(self.carried.wall_seconds + time.perf_counter() - self.t0, 1)
 
     def write_metrics(self) -> Path:
         self.result.wall_seconds = self._wall()
         return write_metrics(self.result, self.out)
 
     def report(self) -> Path:
-        """Write metrics.json and report.md (what a student pastes on the assignment page)."""
+        """Write metrics.json and report.md (what a student pastes on the assignment page); TensorBoard gets the
+        options and recipe as hparams beside the final accuracy."""
         self.write_metrics()
+        if self.tensorboard and self.result.history:
+            h = self.result.history
+            self.tensorboard.hparams({**self.result.config, **{f"recipe.{k}": v for k, v in self.result.recipe.items()}},
+                                     {"hparam/test_accuracy": h[-1]["test_acc"], "hparam/test_loss": h[-1]["test_loss"]})
         return write_report(self.result, self.out, self.log_path.read_text() if self.log_path.exists() else "")

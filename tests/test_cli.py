@@ -72,10 +72,10 @@ def test_resume_after_a_crash_matches_the_straight_run(batches_dir, tmp_path):
     assert len(start) == 4 and resumed["checks"]["attention_entropy_start"] == start
 
     # resuming resolves a config of its own: the caller's stays as given, ignored options are named
-    from assignments.config import RunConfig
+    from assignments.config import RunConfig, resolve_out
     mine = RunConfig(assignment="S9", out=str(tmp_path / "crashed"), resume=True, epochs=7)
-    run = Run(mine)
-    assert mine.epochs == 7 and run.config.epochs == 2 and list(run.resumed.ignored) == ["epochs=7"]
+    resolved = resolve_out(mine, "S9 (spec)")
+    assert mine.epochs == 7 and resolved.config.epochs == 2 and list(resolved.ignored) == ["epochs=7"]
 
 
 def test_resume_without_a_checkpoint_is_one_line(tmp_path):

@@ -58,7 +58,7 @@ def test_parameters_cell_defaults_are_the_run_config_defaults(name):
     assert params.pop("SAVE_TO_DRIVE") is False  # the notebooks' own: the last cell downloads the zipped run
     defaults = RunConfig()
     for key, value in params.items():
-        assert value is None or value == getattr(defaults, key.lower()), f"{name}: {key} = {value!r}"
+        assert value == getattr(defaults, key.lower()), f"{name}: {key} = {value!r}"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

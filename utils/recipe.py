@@ -54,6 +54,17 @@ class Recipe:
             return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(params, lr=lr, momentum=self.momentum, nesterov=True, weight_decay=self.weight_decay)
 
+    def max_lr(self, suggested_lr: float, steps: int) -> tuple[float, str | None]:
+        """The one-cycle max LR from the range test's suggestion: ``suggested_lr x lr_scale``; a run of fewer
+        ``steps`` than the range test takes the suggestion itself when ``lr_scale`` > 1 (a scale above 1 is
+        chosen on full runs; a quick check diverges with it). Returns (max LR, why the scale was dropped)."""
+        if self.lr_scale > 1 and steps < self.lr_iters:
+            return suggested_lr, (f"max LR {suggested_lr:.3e}, the range test's suggestion without the recipe's "
+                                  f"lr_scale {self.lr_scale:.3g}: this run has {steps} training steps, fewer than the "
+                                  f"range test's {self.lr_iters}, and the scale was chosen on full runs (a quick check "
+                                  f"diverges with it)")
+        return suggested_lr * self.lr_scale, None
+
     def criterion(self) -> nn.Module:
         return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
 

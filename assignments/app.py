@@ -1,0 +1,126 @@
+"""``python -m assignments.app RUN_DIR``: a Gradio page to explore a trained run in the browser (``run.app()`` in
+a notebook shows it inline).
+
+Upload an image or pick one of the run's ten test images (one per class): the top-k classes with their
+probabilities, Grad-CAM of the predicted (or any) class on a chosen layer at a chosen opacity, the image's
+attention (S9's blocks, a ViT's class token), and the run's most confident mistakes. The model runs on the CPU by
+default; the page is served on 127.0.0.1 unless ``--host`` says otherwise, with Gradio's analytics off, and shared
+publicly only with ``--share``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from utils.data import CLASSES
+
+from .explore import Explorer, RunFolderError, open_run
+from .explore_plots import enlarge, overlay
+
+PREDICTED = "the predicted class"
+
+
+def analyze(ex: Explorer, image, k: int, cam_on: bool, layer: str | None, opacity: float, cam_class: str):
+    """What the page shows for one image: ({class: p} of the top k, the Grad-CAM overlay or None, a note, the
+    attention figure or None)."""
+    if image is None:
+        return None, None, "Upload an image or pick an example.", None
+    image32, note = ex.prepare(image)
+    top = ex.top_k(image32, int(k))
+    lines = [f"**{top[0][0]}** (p = {top[0][1]:.2f})"] + ([f"Input {note}."] if note else [])
+    cam = None
+    if cam_on:
+        if not ex.layers:
+            lines.append(f"Grad-CAM: {type(ex.model).__name__} has no feature map or token grid to read.")
+        else:
+            target = CLASSES.index(top[0][0]) if cam_class in (None, PREDICTED) else CLASSES.index(cam_class)
+            cam = overlay(image32, ex.gradcam(image32, target, layer), opacity)
+            lines.append(f"Grad-CAM of **{CLASSES[target]}** at `{layer or ex.default_layer}`.")
+    return dict(top), cam, "  \n".join(lines), ex.attention(image32)
+
+
+def gallery(ex: Explorer, n: int) -> list[tuple]:
+    """The run's ``n`` most confident mistakes, enlarged, each with "actual / predicted p=..."."""
+    return [(enlarge(img), caption) for img, caption in ex.mistakes(int(n))]
+
+
+def build(ex: Explorer, gallery_size: int = 10):
+    """The Gradio page (``gr.Blocks``) over ``ex``."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+    from PIL import Image
+
+    if ex.layers:  # the first Grad-CAM imports pytorch-grad-cam (seconds): before the page is served
+        ex.gradcam(ex.examples()[0], 0)
+    examples = Path(tempfile.mkdtemp(prefix="cifar10-examples-"))
+    paths = []
+    for c, img in zip(CLASSES, ex.examples()):
+        Image.fromarray(img).resize((128, 128), Image.NEAREST).save(examples / f"{c}.png")
+        paths.append([str(examples / f"{c}.png")])
+    acc = f", test accuracy {ex.test_acc:.2f}%" if ex.test_acc is not None else ""
+    with gr.Blocks(title=f"{ex.name}: explore the model", analytics_enabled=False) as page:
+        gr.Markdown(f"## {ex.name}: {type(ex.model).__name__}\n{ex.epochs_done} epochs trained{acc}. "
+                    f"Images are resized to 32x32, the size the model was trained on.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="pil", label="image", elem_id="image", sources=["upload"])
+                gr.Examples(paths, inputs=[image], label="one test image per class")
+                k = gr.Slider(1, len(CLASSES), value=3, step=1, label="top classes", elem_id="k")
+                cam_on = gr.Checkbox(label="Grad-CAM", value=False, elem_id="cam")
+                layer = gr.Dropdown(ex.layers, value=ex.default_layer, label="Grad-CAM layer")
+                cam_class = gr.Dropdown([PREDICTED, *CLASSES], value=PREDICTED, label="Grad-CAM of")
+                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="overlay opacity")
+            with gr.Column():
+                label = gr.Label(label="prediction", elem_id="prediction")
+                note = gr.Markdown(elem_id="note")
+                cam = gr.Image(label="Grad-CAM", elem_id="cam-image", interactive=False)
+                attention = gr.Plot(label="attention") if ex.attention(ex.examples()[0]) is not None else gr.State()
+        inputs = [image, k, cam_on, layer, opacity, cam_class]
+        for control in inputs:
+            control.change(lambda *a: analyze(ex, *a), inputs, [label, cam, note, attention])
+        gr.Markdown("### The run's most confident mistakes (actual / predicted)")
+        n = gr.Slider(1, 100, value=gallery_size, step=1, label="how many")
+        shown = gr.Gallery(value=gallery(ex, gallery_size), columns=5, label="misclassified", elem_id="gallery")
+        n.change(lambda m: gallery(ex, m), [n], [shown])
+    return page
+
+
+def app(run, model=None, data_dir: str | None = None, host: str = "127.0.0.1", port: int | None = None,
+        share: bool = False, device: str = "cpu", block: bool = False):
+    """Serve the page for ``run`` (a :class:`assignments.run.Run` or a run folder); ``model``: your model's class
+    or factory for a run of your own recipe. Returns the Gradio page (``.close()`` stops it)."""
+    from .run import Run
+
+    out, gallery_size = (run.out, run.config.gallery) if isinstance(run, Run) else (Path(run), 10)
+    if isinstance(run, Run) and model is None and run.config.assignment is None:
+        model = type(run.model)
+    page = build(open_run(out, model, data_dir, device), gallery_size)
+    page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True)
+    return page
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m assignments.app", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="a run's out folder (with checkpoint.pt)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    p.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs (default cpu)")
+    p.add_argument("--data-dir", default=None, help="the run's data, if not where it trained")
+    args = p.parse_args(argv)
+    try:
+        app(args.run_dir, data_dir=args.data_dir, host=args.host, port=args.port, share=args.share,
+            device=args.device, block=True)
+    except (RunFolderError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The explorer of a trained run (assignments.explore, assignments.app): its answers equal the run's own (the
+model called directly, the run's Grad-CAM, the run's gallery), a folder it cannot open is one line, and the page
+works in a real browser."""
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from assignments.explore import RunFolderError, open_run
+from assignments.run import Run
+from utils.data import CLASSES
+from utils.gradcam import gradcam_maps
+from utils.metrics import misclassified
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(folder_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("app") / "S9"
+    run = Run(assignment="S9", data_dir=str(folder_dir), epochs=2, batch_size=32, lr="3e-3", device="cpu",
+              out=str(out), tensorboard=False)
+    assert run.run_all() == 0
+    return run
+
+
+def test_top_k_equals_the_model_called_directly(trained):
+    ex = open_run(trained.out)
+    for i in (0, 7, 21):
+        x = trained.test_split.normalized([i], trained.mean, trained.std)
+        with torch.no_grad():
+            p = torch.softmax(trained.model.eval()(x), 1)[0]
+        top = ex.top_k(trained.test_split.images[i], 10)
+        assert [c for c, _ in top] == [CLASSES[j] for j in torch.argsort(p, descending=True, stable=True)]
+        assert [q for _, q in top] == pytest.approx(sorted(p.tolist(), reverse=True), abs=1e-6)
+        assert len(ex.top_k(trained.test_split.images[i], 3)) == 3
+
+
+def test_gradcam_equals_the_run_s_own_for_that_image_and_layer(trained):
+    ex = open_run(trained.out)
+    assert ex.default_layer == trained.result.checks["gradcam_layer"] and ex.default_layer in ex.layers
+    i = 3
+    x = trained.test_split.normalized([i], trained.mean, trained.std)
+    for layer in (ex.default_layer, ex.layers[0]):
+        for target in (0, 6):
+            theirs = gradcam_maps(trained.model, x, [target], layer, trained.result.checks["log_probs"])[0]
+            assert np.allclose(ex.gradcam(trained.test_split.images[i], target, layer), theirs, atol=1e-6)
+
+
+def test_misclassified_gallery_equals_the_run_s(trained):
+    ex = open_run(trained.out)
+    logits, y = trained.analysis.predict()
+    idx = misclassified(logits, y, 10)
+    shown = ex.mistakes(10)
+    assert len(shown) == len(idx) > 0
+    for (img, caption), i in zip(shown, idx):
+        assert np.array_equal(img, trained.test_split.images[i])
+        assert caption.startswith(f"{CLASSES[int(y[i])]} / {CLASSES[int(logits[i].argmax())]} p=")
+
+
+def test_an_uploaded_image_of_any_size_or_mode_is_resized_and_said(trained):
+    from PIL import Image
+
+    ex = open_run(trained.out)
+    image32, note = ex.prepare(Image.new("L", (100, 60), 128))
+    assert image32.shape == (32, 32, 3) and image32.dtype == np.uint8
+    assert note == "converted from L to RGB; resized from 100x60 to 32x32, the size the model was trained on"
+    assert ex.prepare(trained.test_split.images[0]) == (pytest.approx(trained.test_split.images[0]), "")
+
+
+def test_a_folder_it_cannot_open_is_one_line(trained, tmp_path):
+    cases = {tmp_path / "nowhere": "no such run folder", tmp_path / "empty": "no checkpoint.pt"}
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    torch.save({"not": "a run"}, tmp_path / "bad" / "checkpoint.pt")
+    cases[tmp_path / "bad"] = "not a checkpoint of a run"
+    for folder, message in cases.items():
+        p = subprocess.run([sys.executable, "-m", "assignments.app", str(folder)], capture_output=True, text=True,
+                           cwd=REPO, timeout=120)
+        assert p.returncode == 1 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def browser_check(run_dir: Path, image: Path, screenshot: Path, data_dir: str | None = None,
+                  timeout: float = 120) -> dict:
+    """Serve the app for ``run_dir`` on 127.0.0.1, upload ``image`` in headless Chromium, read the prediction,
+    switch Grad-CAM on, save ``screenshot``; returns what the page showed. The server is stopped on return."""
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from assignments.app import app
+
+    port = _free_port()
+    page = app(run_dir, data_dir=data_dir, port=port)
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1500",
+                "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    if shutil.which("chromium"):
+        options.binary_location = shutil.which("chromium")
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        wait = WebDriverWait(driver, timeout)
+        driver.get(f"http://127.0.0.1:{port}/")
+        upload = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#image input[type=file]")))
+        upload.send_keys(str(image))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#prediction [id^=meter-text-]"))
+        label = driver.find_element(By.ID, "prediction").text
+        driver.find_element(By.CSS_SELECTOR, "#cam input[type=checkbox]").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#cam-image img"))
+        wait.until(lambda d: "Grad-CAM of" in d.find_element(By.ID, "note").text)
+        time.sleep(0.5)  # the overlay's image has loaded
+        driver.save_screenshot(str(screenshot))
+        body = driver.find_element(By.TAG_NAME, "body").text
+        return {"label": label, "note": driver.find_element(By.ID, "note").text, "body": body}
+    finally:
+        driver.quit()
+        page.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("chromedriver"), reason="needs Debian's chromium and chromium-driver")
+def test_the_page_predicts_an_uploaded_image_and_shows_grad_cam_in_a_browser(trained, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "upload.png"
+    Image.fromarray(trained.test_split.images[5]).resize((64, 64)).save(image)
+    shown = browser_check(trained.out, image, tmp_path / "page.png")
+    ex = open_run(trained.out)
+    first = ex.top_k(ex.prepare(Image.open(image))[0], 1)[0][0]
+    assert shown["label"].split("\n")[:2] == ["prediction", first], shown["label"]  # the block's label, the class
+    assert "Grad-CAM of" in shown["note"] and "resized from 64x64 to 32x32" in shown["note"]
+    assert "Error" not in shown["body"]
+    assert (tmp_path / "page.png").stat().st_size > 10_000
