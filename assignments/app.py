@@ -92,11 +92,12 @@ def app(run, model=None, data_dir: str | None = None, host: str = "127.0.0.1", p
         share: bool = False, device: str = "cpu", block: bool = False):
     """Serve the page for ``run`` (a :class:`assignments.run.Run` or a run folder); ``model``: your model's class
     or factory for a run of your own recipe. Returns the Gradio page (``.close()`` stops it)."""
-    from .run import Run
-
-    out, gallery_size = (run.out, run.config.gallery) if isinstance(run, Run) else (Path(run), 10)
-    if isinstance(run, Run) and model is None and run.config.assignment is None:
-        model = type(run.model)
+    if isinstance(run, (str, os.PathLike)):
+        out, gallery_size = Path(run), 10
+    else:  # a Run: its folder, its gallery size and, for a recipe of your own, its model's class
+        out, gallery_size = run.out, run.config.gallery
+        if model is None and run.config.assignment is None:
+            model = type(run.model)
     page = build(open_run(out, model, data_dir, device), gallery_size)
     page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True)
     return page

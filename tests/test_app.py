@@ -18,6 +18,8 @@ from utils.data import CLASSES
 from utils.gradcam import gradcam_maps
 from utils.metrics import misclassified
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, kernels, whole runs
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -68,6 +68,7 @@ def test_every_notebook_has_the_same_first_cell():
     assert all(cell == first[0] for cell in first) and "REPO_URL = " in first[0]
 
 
+@pytest.mark.slow
 def test_in_colab_the_placeholder_repo_url_stops_run_all_at_the_first_cell_in_one_line(colab_env, tmp_path):
     name = "S9"  # the first cell is the same in every notebook (above)
     path = _first_cell_only(name, tmp_path)
@@ -80,6 +81,7 @@ def test_in_colab_the_placeholder_repo_url_stops_run_all_at_the_first_cell_in_on
            in lines[0]
 
 
+@pytest.mark.slow
 def test_in_colab_a_clone_that_fails_is_one_line_naming_repo_url(colab_env, tmp_path):
     missing = f"file://{tmp_path / 'no-such-repo'}"
     path = _first_cell_only("S9", tmp_path, url=missing)
@@ -103,6 +105,7 @@ def small_resnet():
     return SmallResNet()
 
 
+@pytest.mark.slow
 def test_a_quick_check_drops_the_recipe_s_lr_scale_and_trains(data_2000, tmp_path):
     from assignments.recipes import recipe
     from assignments.run import Run

@@ -11,6 +11,8 @@ import torch
 
 from synthetic import colour_task, write_batches
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, kernels, whole runs
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -31,6 +31,7 @@ def run(model, data, epochs, max_lr, weight_decay=0.0, doctor=None, checkpoint=N
     return history, doctor
 
 
+@pytest.mark.slow
 def test_the_seeds_recipe_is_flagged_as_collapsed_within_its_first_epoch():
     set_seed(0)
     data = colour_task(32 * STEPS, 200)
@@ -44,6 +45,7 @@ def test_the_seeds_recipe_is_flagged_as_collapsed_within_its_first_epoch():
     assert "AdamW" in msg and "utils.checks.batch_independence(model)" in msg and "--lr auto" in msg
 
 
+@pytest.mark.slow
 def test_strict_stops_the_seeds_recipe_at_the_first_finding(tmp_path):
     set_seed(0)
     data = colour_task(32 * STEPS, 200)
@@ -53,6 +55,7 @@ def test_strict_stops_the_seeds_recipe_at_the_first_finding(tmp_path):
     assert not (tmp_path / "ck.pt").exists()  # stopped inside epoch 1, long before spending 3 epochs
 
 
+@pytest.mark.slow
 def test_a_healthy_run_raises_no_finding():
     set_seed(0)
     data = colour_task(32 * STEPS, 300)
@@ -72,6 +75,7 @@ def plateau_task(n_train, n_test):
     return data
 
 
+@pytest.mark.slow
 def test_a_plateau_well_below_chance_raises_no_finding():
     set_seed(0)
     history, doctor = run(TransformerUltimus(residual=True), plateau_task(32 * STEPS, 300), epochs=3, max_lr=1e-2)
@@ -92,6 +96,7 @@ class NaNAfter(torch.nn.Module):
         return out * float("nan") if self.calls >= self.n else out
 
 
+@pytest.mark.slow
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     set_seed(0)
     data = colour_task(32 * 10, 64)

@@ -4,6 +4,9 @@ import json
 import os
 import subprocess
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end: processes, kernels, whole runs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -44,6 +44,7 @@ def varies_along_both_axes(maps: np.ndarray) -> bool:
 
 @pytest.mark.parametrize("factory, layer", [(timm_vit, "blocks.1.norm1"),
                                             (torchvision_vit, "encoder.layers.encoder_layer_1.ln_1")])
+@pytest.mark.slow
 def test_a_vit_runs_end_to_end_with_grad_cam_on_its_token_grid(factory, layer, folder_dir, tmp_path):
     out = tmp_path / "vit"
     run = Run(recipe=recipe(f"S10 {factory.__name__}"), model=factory, data_dir=str(folder_dir), device="cpu",
@@ -135,6 +136,7 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+@pytest.mark.slow
 def test_a_model_without_a_spatial_layer_gets_grad_cam_skipped_and_every_other_file(folder_dir, tmp_path):
     out = tmp_path / "mlp"
     run = Run(recipe=recipe("S10 MLP"), model=MLP, data_dir=str(folder_dir), device="cpu", lr="0.01",
@@ -160,6 +162,7 @@ class AuthorUltimus(nn.Module):
         return F.log_softmax(self.net(x), dim=-1)
 
 
+@pytest.mark.slow
 def test_batch_mixing_behind_a_log_softmax_is_measured_on_the_scores_and_flagged_at_setup(folder_dir, tmp_path):
     torch.manual_seed(0)
     model = AuthorUltimus()
@@ -176,6 +179,7 @@ def _first_weights(run):
     return next(run.model.parameters()).detach().clone()
 
 
+@pytest.mark.slow
 def test_a_factory_is_seeded_and_an_instance_is_named_as_drawn_before_the_seed(folder_dir, tmp_path):
     common = dict(recipe=recipe("S10 seed"), data_dir=str(folder_dir), device="cpu", lr="0.01", subset=96, seed=5)
     torch.manual_seed(123)
@@ -222,6 +226,7 @@ def test_recorded_vit_attention_is_softmax_qk_and_leaves_the_outputs_unchanged()
     assert torch.allclose(attention_weights(layer, tokens), weights, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_vit_run_draws_its_attention_like_s9_s(folder_dir, tmp_path):
     out = tmp_path / "vit"
     run = Run(recipe=recipe("S10 ViT attention"), model=timm_vit, data_dir=str(folder_dir), device="cpu",

@@ -90,6 +90,7 @@ def test_notebook_defines_nothing_and_has_a_parameters_cell(name):
     assert "colab.research.google.com" in nb.cells[0].source  # the Open in Colab badge
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_top_to_bottom_without_warnings(name, folder_dir, tmp_path):
     source = REPO / "assignments" / f"{name}.ipynb"

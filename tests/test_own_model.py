@@ -69,6 +69,7 @@ def log_softmax_run(folder_dir, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_own_model_gets_every_output_under_its_own_name(log_softmax_run):
     out = log_softmax_run.out
     for name in ("log.txt", "metrics.json", "checkpoint.pt", "report.md", "augmented.png", "curves.png",
@@ -86,6 +87,7 @@ def test_own_model_gets_every_output_under_its_own_name(log_softmax_run):
         assert word not in report, word
 
 
+@pytest.mark.slow
 def test_a_model_factory_in_the_recipe_and_the_block_output_for_gradcam(folder_dir, tmp_path):
     recipe = Recipe("ResNet-like", epochs=1, batch_size=32, model=SmallResNet)
     run = Run(recipe=recipe, data_dir=str(folder_dir), device="cpu", lr="0.01", out=str(tmp_path / "r"), subset=96)
@@ -112,6 +114,7 @@ def test_batch_independence_flags_a_batch_mixing_block_and_passes_every_model_in
         assert batch_independence(model, batch=16) < 1e-4, type(model).__name__
 
 
+@pytest.mark.slow
 def test_the_max_lr_is_the_range_test_suggestion_times_the_recipe_s_lr_scale(folder_dir, tmp_path):
     # 3 epochs of 12 steps: more than the range test's 20 (a shorter run would drop the scale, tests/test_colab.py)
     recipe = Recipe("scaled", epochs=3, batch_size=8, optimizer="sgd", lr_scale=3.0, lr_iters=20, model=SmallResNet)

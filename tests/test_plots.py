@@ -32,6 +32,7 @@ EXPECTED_PANELS = {"augmented": 16, "curves": 2, "class_accuracy": 1, "confusion
                    "attention_maps": 45, "attention_entropy": 2}
 
 
+@pytest.mark.slow
 def test_every_png_exists_and_decodes(tiny_run):
     assert set(tiny_run.figures) == set(EXPECTED_PANELS)
     for name, path in tiny_run.figures.items():
@@ -40,6 +41,7 @@ def test_every_png_exists_and_decodes(tiny_run):
             assert im.width > 200 and im.height > 100, name
 
 
+@pytest.mark.slow
 def test_figures_have_the_expected_panels(tiny_run):
     logits, y = tiny_run.analysis.predict()
     assert len(plots.curves(tiny_run.history).axes) == 2
@@ -49,6 +51,7 @@ def test_figures_have_the_expected_panels(tiny_run):
     assert sum(ax.has_data() for ax in fig.axes) == 16
 
 
+@pytest.mark.slow
 def test_class_table_sums_to_the_test_set_and_confusion_diagonal_is_the_correct_count(tiny_run):
     logits, y = tiny_run.analysis.predict()
     preds = logits.argmax(1)
@@ -137,6 +140,7 @@ def test_a_collapsed_run_still_gets_its_figures(tmp_path):
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
 
 
+@pytest.mark.slow
 def test_report_links_every_figure_and_carries_the_log(tiny_run):
     text = (tiny_run.out / "report.md").read_text()
     for name, path in tiny_run.figures.items():
@@ -185,6 +189,7 @@ def test_gradcam_figure_names_the_columns_with_one_map():
     assert "2 of 3 columns" in fig._suptitle.get_text()
 
 
+@pytest.mark.slow
 def test_s9_run_measures_attention_every_epoch_and_reports_it(tiny_run):
     entropies = [h["attention_entropy"] for h in tiny_run.history]
     assert len(entropies) == 2 and all(len(e) == 4 and all(0 <= v <= math.log(8) + 1e-4 for v in e) for e in entropies)

@@ -43,6 +43,7 @@ def small_cnn():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
+@pytest.mark.slow
 def test_bf16_autocast_step_learns_the_synthetic_task_with_fp32_state():
     set_seed(0)
     data = colour_task(800, 200)

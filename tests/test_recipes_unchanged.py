@@ -13,6 +13,8 @@ import pytest
 from synthetic import colour_task, write_batches
 from test_cli import cli
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, kernels, whole runs
+
 GOLDEN = Path(__file__).parent / "golden" / "short_runs.json"
 
 

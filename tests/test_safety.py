@@ -89,12 +89,14 @@ def test_a_config_and_keywords_together_is_one_line_not_a_dropped_option():
         Run(RunConfig(assignment="S9"), epochs=5)
 
 
+@pytest.mark.slow
 def test_fp16_on_the_cpu_is_refused(tmp_path):
     p = cli("S9", "--precision", "fp16", "--device", "cpu", "--out", tmp_path / "o", "--no-download")
     assert p.returncode == 1 and "--precision fp16 runs on CUDA only" in one_line(p)
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_seed_too_large_and_a_path_too_long_are_one_line(tmp_path):
     p = cli("S9", "--seed", 2**70, "--out", tmp_path / "o")
     assert p.returncode == 2 and "argument --seed: must be an integer from 0 to 4294967295" in p.stderr
@@ -122,6 +124,7 @@ def test_a_checkpoint_that_loads_but_is_not_a_run_s_is_refused_in_one_line(tmp_p
     assert problem in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_resume_of_a_tampered_checkpoint_writes_nothing(s9_run, data_dir, tmp_path):
     import shutil
 
@@ -137,6 +140,7 @@ def test_resume_of_a_tampered_checkpoint_writes_nothing(s9_run, data_dir, tmp_pa
 
 
 # --- the out folder ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_folder_that_holds_other_files_is_refused_and_overwrite_keeps_them(data_dir, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
@@ -176,6 +180,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_a_folder_held_by_another_process_is_refused_naming_the_holder(s9_run, data_dir, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(s9_run)], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
@@ -196,6 +201,7 @@ def test_a_folder_held_by_another_process_is_refused_naming_the_holder(s9_run, d
     assert who(s9_run) is None
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_on_one_out_leave_one_run(data_dir, tmp_path):
     out = tmp_path / "race"
     args = ("S9", "--data-dir", data_dir, *SMALL, "--epochs", 1, "--out", out)
@@ -217,6 +223,7 @@ def _fake_run(folder: Path, epoch: int, planned: int):
     time.sleep(0.02)  # distinct modification times
 
 
+@pytest.mark.slow
 def test_resume_without_out_takes_the_newest_unfinished_run_no_process_holds(tmp_path, monkeypatch):
     from assignments.config import latest_run
     from assignments.outdir import claim, release
@@ -244,6 +251,7 @@ def test_resume_without_out_takes_the_newest_unfinished_run_no_process_holds(tmp
 
 
 # --- resume's checks ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_of_another_assignment_s_run_is_one_line_and_changes_nothing(s9_run, data_dir):
     before = snapshot(s9_run)
     p = cli("S8", "--data-dir", data_dir, "--out", s9_run, "--resume")
@@ -251,6 +259,7 @@ def test_resume_of_another_assignment_s_run_is_one_line_and_changes_nothing(s9_r
     assert snapshot(s9_run) == before
 
 
+@pytest.mark.slow
 def test_resume_on_other_data_is_one_line_and_changes_nothing(s9_run, tmp_path):
     other = write_batches(tmp_path / "other", colour_task(300, 100, seed=7))
     before = snapshot(s9_run)
@@ -259,6 +268,7 @@ def test_resume_on_other_data_is_one_line_and_changes_nothing(s9_run, tmp_path):
     assert snapshot(s9_run) == before
 
 
+@pytest.mark.slow
 def test_resume_with_a_model_of_other_shapes_is_one_line(data_dir, tmp_path):
     from torch import nn
 
@@ -282,6 +292,7 @@ def test_resume_with_a_model_of_other_shapes_is_one_line(data_dir, tmp_path):
 
 
 # --- Ctrl-C and a full disk ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_keeps_epoch_1_and_resume_equals_the_straight_run(data_dir, tmp_path):
     args = ("S9", "--data-dir", data_dir, "--subset", 160, "--batch-size", 16, "--device", "cpu", "--lr", "0.003",
             "--precision", "fp32", "--epochs", 2)

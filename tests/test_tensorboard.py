@@ -11,6 +11,8 @@ from utils import Recipe
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, kernels, whole runs
+
 
 class Small(nn.Module):
     def __init__(self):

@@ -13,7 +13,7 @@ from synthetic import colour_task
 from utils.checkpoint import atomic_save, load_checkpoint
 from utils.lr import one_cycle
 from utils.seed import set_seed
-from utils.callbacks import EpochLog
+from utils.callbacks import Callback, EpochLog
 from utils.train import evaluate, fit
 from utils.augment import AUGMENTS
 from utils.transforms import make_loaders
@@ -35,6 +35,7 @@ def s9_setup(data, epochs, seed=0, max_lr=5e-3, batch=32):
     return model, train_loader, test_loader, opt, sched, r.criterion()
 
 
+@pytest.mark.slow
 def test_s9_spec_model_learns_the_synthetic_task_in_seconds():
     data = colour_task(1500, 400)
     model, tr, te, opt, sched, crit = s9_setup(data, epochs=5, max_lr=3e-3)  # the spec model's LR regime
@@ -231,3 +232,60 @@ def test_the_train_loop_reads_the_device_once_per_sync_not_per_step(with_doctor)
     assert out["steps"] == 30
     # 3 reads of 10 steps' numbers; the doctor's gradient check reads norms at steps 1, 10, 20, 30
     assert reads.count == 3 + (4 if with_doctor else 0)
+
+
+class Recorder(Callback):
+    """Every event fit sends, in order; keeps a counter in the checkpoint."""
+    state_key = "recorder"
+
+    def __init__(self):
+        self.events, self.saved = [], 0
+
+    def on_fit_start(self, state):
+        self.events.append(("fit_start", state.epoch))
+
+    def on_epoch_start(self, state):
+        self.events.append(("epoch_start", state.epoch))
+
+    def on_steps(self, state, rows):
+        self.events.append(("steps", tuple(r.step for r in rows)))
+
+    def after_backward(self, state):
+        self.events.append(("backward", state.step))
+
+    def on_test(self, state, entry):
+        entry["seen"] = len(self.events)
+        self.events.append(("test", state.epoch))
+
+    def on_epoch_end(self, state, entry):
+        self.events.append(("epoch_end", state.history[-1] is entry))
+
+    def state_dict(self):
+        self.saved += 1
+        return {"saves": self.saved}
+
+    def load_state_dict(self, data):
+        self.saved = data["saves"]
+
+
+def test_callbacks_get_every_event_in_order_and_their_state_back_on_resume(tmp_path):
+    data = colour_task(32 * 12, 64)  # 12 steps an epoch: reads after steps 10 and 12
+    model, tr, te, opt, sched, crit = s9_setup(data, epochs=2)
+    first = Recorder()
+    with pytest.raises(Interrupted):
+        fit(model, StopAtEpoch(tr, 2), te, opt, crit, 2, sched, callbacks=[first], checkpoint=tmp_path / "c.pt")
+    backward = [("backward", s) for s in range(1, 13)]
+    expected = [("fit_start", 0), ("epoch_start", 1), *backward[:10], ("steps", tuple(range(1, 11))),
+                *backward[10:], ("steps", (11, 12)), ("test", 1), ("epoch_end", True)]
+    # a full read comes before its last step's backward (the doctor sees a NaN loss before its gradients); the
+    # epoch's remainder is read after the loop
+    expected.insert(expected.index(("backward", 10)), expected.pop(expected.index(("steps", tuple(range(1, 11))))))
+    assert first.events == expected
+    assert load_checkpoint(tmp_path / "c.pt")["recorder"] == {"saves": 1}
+    assert load_checkpoint(tmp_path / "c.pt")["history"][0]["seen"] == expected.index(("test", 1))
+
+    model, tr, te, opt, sched, crit = s9_setup(data, epochs=2)
+    again = Recorder()
+    fit(model, tr, te, opt, crit, 2, sched, callbacks=[again], checkpoint=tmp_path / "c.pt", resume=True)
+    assert again.events[:2] == [("fit_start", 1), ("epoch_start", 2)] and again.events[2] == ("backward", 13)
+    assert load_checkpoint(tmp_path / "c.pt")["recorder"] == {"saves": 2}  # loaded 1, saved once more

@@ -1,5 +1,5 @@
 """The course library: data, augmentation, training, LR search, precision, checks, metrics, figures,
-Grad-CAM, S9's attention measurements, summary, the training doctor and the report.
+Grad-CAM, S9's attention measurements, summary, the training doctor, callbacks, TensorBoard and the report.
 
 The main names are importable from here (``from utils import Recipe, fit, gradcam_figure``); each is
 loaded on first use, so ``import utils`` stays light and has no side effects.
@@ -11,6 +11,7 @@ _EXPORTS = {
                   "row_entropy", "ultimus_blocks"],
     "attention_plots": ["attention_entropy_figure", "attention_maps_figure"],
     "augment": ["AUGMENTS", "AugmentSpec"],
+    "callbacks": ["Callback", "EpochLog", "FitState", "History", "Measure", "ProgressBar", "StepRow"],
     "checks": ["batch_independence", "logits_view", "returns_log_probs"],
     "data": ["CLASSES", "CifarData", "DataError", "ImageSplit", "channel_stats", "load_cifar10"],
     "doctor": ["Doctor", "TrainingStopped"],
@@ -25,6 +26,7 @@ _EXPORTS = {
     "report": ["RunResult", "write_metrics", "write_report"],
     "seed": ["pick_device", "set_seed"],
     "summary": ["count_params", "model_summary", "summary_text"],
+    "tensorboard": ["TensorBoard"],
     "train": ["evaluate", "fit", "predict", "train_one_epoch"],
     "transforms": ["make_loaders"],
 }
