@@ -21,6 +21,8 @@ from .explore import Explorer, RunFolderError, open_run
 from .explore_plots import enlarge, overlay
 
 PREDICTED = "the predicted class"
+# a 32x32 upload shown at the box's size, pixels kept sharp (browsers draw small images at their own size)
+CSS = "#image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 
 
 def analyze(ex: Explorer, image, k: int, cam_on: bool, layer: str | None, opacity: float, cam_class: str):
@@ -61,12 +63,16 @@ def build(ex: Explorer, gallery_size: int = 10):
         Image.fromarray(img).resize((128, 128), Image.NEAREST).save(examples / f"{c}.png")
         paths.append([str(examples / f"{c}.png")])
     acc = f", test accuracy {ex.test_acc:.2f}%" if ex.test_acc is not None else ""
-    with gr.Blocks(title=f"{ex.name}: explore the model", analytics_enabled=False) as page:
+    import inspect
+
+    css_in_blocks = "css" not in inspect.signature(gr.Blocks.launch).parameters  # Gradio < 6 takes it here
+    with gr.Blocks(title=f"{ex.name}: explore the model", analytics_enabled=False,
+                   **({"css": CSS} if css_in_blocks else {})) as page:
         gr.Markdown(f"## {ex.name}: {type(ex.model).__name__}\n{ex.epochs_done} epochs trained{acc}. "
                     f"Images are resized to 32x32, the size the model was trained on.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="image", elem_id="image", sources=["upload"])
+                image = gr.Image(type="pil", label="image", elem_id="image", sources=["upload"], height=280)
                 gr.Examples(paths, inputs=[image], label="one test image per class")
                 k = gr.Slider(1, len(CLASSES), value=3, step=1, label="top classes", elem_id="k")
                 cam_on = gr.Checkbox(label="Grad-CAM", value=False, elem_id="cam")
@@ -76,8 +82,8 @@ def build(ex: Explorer, gallery_size: int = 10):
             with gr.Column():
                 label = gr.Label(label="prediction", elem_id="prediction")
                 note = gr.Markdown(elem_id="note")
-                cam = gr.Image(label="Grad-CAM", elem_id="cam-image", interactive=False)
-                attention = gr.Plot(label="attention") if ex.attention(ex.examples()[0]) is not None else gr.State()
+                cam = gr.Image(label="Grad-CAM", elem_id="cam-image", interactive=False, height=280)
+                attention = gr.Plot(label="this image's attention") if ex.attention(ex.examples()[0]) is not None else gr.State()
         inputs = [image, k, cam_on, layer, opacity, cam_class]
         for control in inputs:
             control.change(lambda *a: analyze(ex, *a), inputs, [label, cam, note, attention])
@@ -99,7 +105,10 @@ def app(run, model=None, data_dir: str | None = None, host: str = "127.0.0.1", p
         if model is None and run.config.assignment is None:
             model = type(run.model)
     page = build(open_run(out, model, data_dir, device), gallery_size)
-    page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True)
+    import inspect
+
+    css = {"css": CSS} if "css" in inspect.signature(page.launch).parameters else {}  # Gradio 6 takes it here
+    page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True, **css)
     return page
 
 

@@ -21,7 +21,7 @@ def enlarge(image32: np.ndarray, scale: int = 8) -> np.ndarray:
 
 def ultimus_figure(blocks: list[str], matrices: np.ndarray) -> Figure:
     """S9: the image's attention matrix (d, d) in each Ultimus block, one colour scale."""
-    fig = Figure(figsize=(2.2 * len(blocks) + 0.6, 2.6), layout="constrained")
+    fig = Figure(figsize=(2.4 * len(blocks) + 0.8, 3.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(blocks)))
     for ax, name, m in zip(axes, blocks, matrices):
         im = ax.imshow(m, vmin=0, vmax=float(matrices.max()), cmap="viridis")
@@ -30,7 +30,7 @@ def ultimus_figure(blocks: list[str], matrices: np.ndarray) -> Figure:
         ax.set_ylabel("query feature", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.colorbar(im, ax=list(axes), shrink=0.8)
-    fig.suptitle("this image's attention matrix per block (rows sum to 1)", fontsize=9)
+    fig.suptitle("attention matrix per block: query feature x key feature, rows sum to 1", fontsize=9)
     return fig
 
 
@@ -46,5 +46,5 @@ def class_token_figure(layers: list[str], grids: np.ndarray) -> Figure:
     for ax, name, g in zip(axes, layers, grids):
         ax.imshow(g, cmap="viridis")
         ax.set_title(name.replace(".attn", ""), fontsize=8)
-    fig.suptitle("class token's attention on the patch grid per layer (mean over heads)", fontsize=9)
+    fig.suptitle("the class token's attention on the patch grid per layer, mean over heads", fontsize=9)
     return fig

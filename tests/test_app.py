@@ -2,10 +2,8 @@
 model called directly, the run's Grad-CAM, the run's gallery), a folder it cannot open is one line, and the page
 works in a real browser."""
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 import torch
 
 from assignments.explore import RunFolderError, open_run
+from browser import browser_check
 from assignments.run import Run
 from utils.data import CLASSES
 from utils.gradcam import gradcam_maps
@@ -86,52 +85,6 @@ def test_a_folder_it_cannot_open_is_one_line(trained, tmp_path):
         p = subprocess.run([sys.executable, "-m", "assignments.app", str(folder)], capture_output=True, text=True,
                            cwd=REPO, timeout=120)
         assert p.returncode == 1 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def browser_check(run_dir: Path, image: Path, screenshot: Path, data_dir: str | None = None,
-                  timeout: float = 120) -> dict:
-    """Serve the app for ``run_dir`` on 127.0.0.1, upload ``image`` in headless Chromium, read the prediction,
-    switch Grad-CAM on, save ``screenshot``; returns what the page showed. The server is stopped on return."""
-    from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ready
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from assignments.app import app
-
-    port = _free_port()
-    page = app(run_dir, data_dir=data_dir, port=port)
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1500",
-                "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    if shutil.which("chromium"):
-        options.binary_location = shutil.which("chromium")
-    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
-        wait = WebDriverWait(driver, timeout)
-        driver.get(f"http://127.0.0.1:{port}/")
-        upload = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#image input[type=file]")))
-        upload.send_keys(str(image))
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#prediction [id^=meter-text-]"))
-        label = driver.find_element(By.ID, "prediction").text
-        driver.find_element(By.CSS_SELECTOR, "#cam input[type=checkbox]").click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#cam-image img"))
-        wait.until(lambda d: "Grad-CAM of" in d.find_element(By.ID, "note").text)
-        time.sleep(0.5)  # the overlay's image has loaded
-        driver.save_screenshot(str(screenshot))
-        body = driver.find_element(By.TAG_NAME, "body").text
-        return {"label": label, "note": driver.find_element(By.ID, "note").text, "body": body}
-    finally:
-        driver.quit()
-        page.close()
 
 
 @pytest.mark.slow
