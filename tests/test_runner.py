@@ -73,3 +73,32 @@ def test_any_notebook_with_a_parameters_cell_runs_and_a_failing_cell_is_one_line
     assert lines[0] == f"error: copy.ipynb: cell 1 failed: ValueError: STEPS=2 is too many; {tmp_path / 'failed.ipynb'} " \
                        f"was not written"
     assert "\x1b[" not in p.stderr and not (tmp_path / "failed.ipynb").exists()
+
+
+def test_the_template_with_a_model_written_by_its_own_cell_runs_and_trains_that_model(tmp_path, folder_dir):
+    """The template's documented way in Colab: a ``%%writefile models/<file>.py`` cell after the first one, and
+    the model cell importing from it."""
+    import json
+    import uuid
+
+    name = f"mynet_{uuid.uuid4().hex[:8]}"  # a file of this test's own, removed afterwards
+    nb = nbformat.read(REPO / "assignments" / "template.ipynb", as_version=4)
+    nb.cells.insert(1, nbformat.v4.new_code_cell(
+        f"%%writefile models/{name}.py\nfrom torch import nn\n\n\nclass MyNet(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                                 nn.Flatten(), nn.Linear(8, 10))\n\n"
+        "    def forward(self, x):\n        return self.net(x)\n"))
+    model_cell = next(c for c in nb.cells if "from models import ResNet18" in c.source)
+    model_cell.source = (model_cell.source.replace("from models import ResNet18", f"from models.{name} import MyNet")
+                         .replace("model=ResNet18", "model=MyNet").replace("channels_last=True", "channels_last=False"))
+    nbformat.write(nb, tmp_path / "mine.ipynb")
+    try:
+        p = runner(tmp_path / "mine.ipynb", "--set", f"DATA_DIR={folder_dir}", "--set", "DEVICE=cpu", "--set",
+                   "SUBSET=96", "--set", "EPOCHS=2", "--set", "BATCH_SIZE=32", "--set", "LR=0.01", "--set",
+                   f"OUT={tmp_path / 'run'}", "--output", tmp_path / "ran.ipynb")
+        assert p.returncode == 0, p.stderr
+    finally:
+        (REPO / "models" / f"{name}.py").unlink(missing_ok=True)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["model"] == "MyNet" and len(metrics["history"]) == 2
