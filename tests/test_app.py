@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from assignments.explore import RunFolderError, open_run
+from assignments.explore import open_run
 from browser import browser_check
 from assignments.run import Run
 from utils.data import CLASSES

@@ -1,7 +1,6 @@
 """The Colab student's path: a first cell that fails early and in one line on a placeholder or a failed clone,
 one command that points every badge and REPO_URL at a fork, quick checks that train instead of diverging,
 and a divergence the doctor names whatever the step count."""
-import json
 import os
 import shutil
 import subprocess

@@ -6,7 +6,6 @@ records the run (the doctor, the log lines, the progress bar, TensorBoard, a per
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
