@@ -86,6 +86,8 @@ def start_lines(run, data, subset: int | None, instance: bool) -> list[str]:
     lines += [f"data: {note}" for note in data.notes]
     if c.subset and not subset:
         lines.append(f"--subset {c.subset}: the data has {len(data.train)} training images; all of them are used")
+    if run.batch_note:
+        lines.append(run.batch_note)
     if run.resumed.ignored:
         lines.append(f"resume: ignored {', '.join(run.resumed.ignored)}: a resumed run keeps the options it was "
                      f"started with")

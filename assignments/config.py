@@ -104,7 +104,8 @@ class RunConfig:
     assignment: str | None = option(None, "S7, S8 or S9 (a built-in recipe)", choices=ASSIGNMENTS, cli=False)
     variant: str = option("spec", "S9's Ultimus block", choices=tuple(S9_VARIANTS))
     epochs: int | None = option(None, "default: the recipe's", check=positive_int)
-    batch_size: int | None = option(None, "default: the recipe's", check=positive_int)
+    batch_size: int | None = option(None, "default: the recipe's; a small --subset gets a smaller one (the log says)",
+                                    check=positive_int)
     lr: str = option("auto", "max LR of the one-cycle; 'auto' runs the LR range test", check=lr_value)
     data_dir: str | None = option(None, "local CIFAR-10: DIR/cifar-10-batches-py or DIR/{train,test}/<class>/*.jpg",
                                   check=path_text)
@@ -173,9 +174,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         if meta["check"]:
             kwargs["type"] = _argparse_type(meta["check"])
         default = f" (default {f.default})" if f.default is not None else ""
-        if meta["help"].endswith("the recipe's"):  # its numbers, from the recipes themselves
-            default = " (" + ", ".join(f"{a} {getattr(recipe(a), f.name)}" for a in ASSIGNMENTS) + ")"
-        parser.add_argument(flag, dest=f.name, default=f.default, help=meta["help"] + default, **kwargs)
+        help_text = meta["help"]
+        if help_text.startswith("default: the recipe's"):  # its numbers, from the recipes themselves
+            numbers = "(" + ", ".join(f"{a} {getattr(recipe(a), f.name)}" for a in ASSIGNMENTS) + ")"
+            help_text, default = help_text.replace("the recipe's", f"the recipe's {numbers}", 1), ""
+        parser.add_argument(flag, dest=f.name, default=f.default, help=help_text + default, **kwargs)
 
 
 def _argparse_type(check):

@@ -67,7 +67,7 @@ class Run:
         source = model if model is not None else r.model
         if source is None:
             raise ValueError(f"Run: recipe {r.name!r} has no model; pass model=... (an nn.Module or a factory)")
-        self.epochs, self.batch_size = c.epochs or r.epochs, c.batch_size or r.batch_size
+        self.epochs = c.epochs or r.epochs
         self.t0 = time.perf_counter()
 
         set_seed(c.seed)
@@ -78,6 +78,8 @@ class Run:
         self.mean, self.std = channel_stats(data.train.images)
         subset = c.subset if c.subset and c.subset < len(data.train) else None  # a larger one means everything
         self.train_split, self.test_split = data.train.subset(subset, c.seed), data.test.subset(subset, c.seed)
+        # the recipe's batch, or a smaller one that gives a subset enough steps (said in the log)
+        self.batch_size, self.batch_note = (c.batch_size, None) if c.batch_size else r.batch_for(len(self.train_split))
         # under torchrun the train and eval loaders are this rank's shards; test_loader (figures) is whole
         loaders = lambda world: make_loaders(c, r, self.train_split, self.test_split, self.mean, self.std,  # noqa
                                              self.batch_size, self.device, world)
@@ -163,13 +165,13 @@ class Run:
                              end_lr=r.lr_end, num_iter=r.lr_iters, precision=self.precision)
         search = distributed.broadcast(search)
         res.lr_search = dataclasses.asdict(search)
-        res.max_lr, dropped = r.max_lr(search.suggested_lr, self.epochs * len(self.train_loader))
+        res.max_lr, quick = r.max_lr(search.suggested_lr, search.min_loss_lr, self.epochs * len(self.train_loader))
         scaled = f" x {r.lr_scale:.3g} (the recipe's lr_scale) = {search.suggested_lr * r.lr_scale:.3e}" \
             if r.lr_scale != 1 else ""
         self.log(f"LR range test ({r.lr_iters} steps on the training set): suggested max LR "
                  f"{search.suggested_lr:.3e} (steepest descent){scaled}; loss minimum at {search.min_loss_lr:.3e}")
-        if dropped:
-            self.log(dropped)
+        if quick:
+            self.log(quick)
         return self._save("lr_range_test", plots.lr_figure(search))
 
     def train(self) -> list[dict]:
@@ -184,7 +186,7 @@ class Run:
         if doctor:
             doctor.add(0, batch_dependence_check(res.checks["batch_independence"]))
         if doctor and res.lr_search:
-            scale = res.max_lr / res.lr_search["suggested_lr"]  # the recipe's lr_scale, unless a quick check dropped it
+            scale = res.max_lr / res.lr_search["suggested_lr"]  # the recipe's lr_scale, unless a quick check changed it
             doctor.add(0, schedule_check(res.max_lr, res.lr_search["suggested_lr"], res.lr_search["min_loss_lr"],
                                          scale if math.isclose(scale, r.lr_scale) else 1.0))
         self.log(f"one-cycle: {res.max_lr / r.div_factor:.3e} -> {res.max_lr:.3e} at epoch "

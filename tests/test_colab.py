@@ -104,22 +104,53 @@ def small_resnet():
     return SmallResNet()
 
 
+@pytest.mark.parametrize("recipe_batch", [128, 512])
+@pytest.mark.parametrize("images", [64, 500, 2000, 3000, 5000, 20000, 50000])
+def test_a_subset_gets_a_batch_with_enough_steps_and_a_full_run_the_recipe_s(images, recipe_batch):
+    from utils.recipe import QUICK_MIN_BATCH, QUICK_STEPS, Recipe
+
+    r = Recipe("r", batch_size=recipe_batch)
+    batch, why = r.batch_for(images)
+    if images // recipe_batch >= QUICK_STEPS:
+        assert (batch, why) == (recipe_batch, None)
+        return
+    assert batch < recipe_batch and batch & (batch - 1) == 0 and batch >= QUICK_MIN_BATCH
+    assert images // batch >= QUICK_STEPS or batch == QUICK_MIN_BATCH  # enough steps, or the smallest batch
+    assert images // (2 * batch) < QUICK_STEPS or 2 * batch >= recipe_batch  # and the largest batch that gives them
+    assert why.startswith(f"batch {batch}, not the recipe's {recipe_batch}: {images} training images make ")
+
+
+@pytest.mark.parametrize("lr_scale", [1 / 3, 1.0, 10.0])
+@pytest.mark.parametrize("suggested, min_loss", [(5.9e-3, 1.2e-2), (5.5e-2, 9.5e-2), (8.5e-3, 8.5e-3)])
+def test_a_quick_check_s_max_lr_stays_below_the_range_test_s_loss_minimum(lr_scale, suggested, min_loss):
+    from utils.recipe import Recipe
+
+    r = Recipe("r", lr_scale=lr_scale, lr_iters=100)
+    assert r.max_lr(suggested, min_loss, steps=100) == (suggested * lr_scale, None)  # a full run: the recipe's
+    lr, why = r.max_lr(suggested, min_loss, steps=64)
+    assert lr <= suggested * min(lr_scale, 1) and lr <= min_loss / 3 * (1 + 1e-12)
+    assert lr == min(suggested * min(lr_scale, 1), min_loss / 3)  # the largest the rule allows
+    assert (why is None) == (lr == suggested * lr_scale)
+
+
 @pytest.mark.slow
-def test_a_quick_check_drops_the_recipe_s_lr_scale_and_trains(data_2000, tmp_path):
+def test_a_quick_check_gets_a_smaller_batch_and_a_capped_max_lr_and_trains(data_2000, tmp_path):
     from assignments.recipes import recipe
     from assignments.run import Run
     from dataclasses import replace
 
-    s7 = replace(recipe("S7"), batch_size=256, model=small_resnet, lr_iters=40, channels_last=False)
+    s7 = replace(recipe("S7"), model=small_resnet, channels_last=False)  # its batch 512, lr_scale 10, 100 LR steps
     run = Run(recipe=s7, data_dir=str(data_2000), subset=2000, epochs=2, device="cpu", precision="fp32",
               out=str(tmp_path / "q"))
+    assert run.batch_size == 64 and len(run.train_loader) == 32
     assert run.run_all() == 0
     search = run.result.lr_search
-    steps = 2 * 8  # 2 epochs of 2,000 images in batches of 256
-    assert run.max_lr == search["suggested_lr"]  # not x 10
+    assert run.max_lr == min(search["suggested_lr"], search["min_loss_lr"] / 3)  # not x 10
     log = (tmp_path / "q" / "log.txt").read_text()
-    assert f"without the recipe's lr_scale 10: this run has {steps} training steps, fewer than the range test's 40" \
-        in log and "DOCTOR" not in log
+    assert "batch 64, not the recipe's 512: 2000 training images make 4 step(s) per epoch at 512, 32 at 64" in log
+    assert (f"max LR {run.max_lr:.3e}, not the recipe's {10 * search['suggested_lr']:.3e}: this run has 64 training "
+            f"steps, fewer than the range test's 100") in log
+    assert "DOCTOR" not in log and "batch 64" in log.split("one-cycle:")[1].splitlines()[0]
     assert run.history[-1]["test_acc"] > 30 and run.history[-1]["test_loss"] < 2.3  # chance: 10%, ln 10
 
 

@@ -17,6 +17,9 @@ from torch import nn
 from .augment import AugmentSpec
 
 OPTIMIZERS = ("adam", "sgd")
+QUICK_STEPS = 30  # steps per epoch a subset gets at least (with a batch no smaller than QUICK_MIN_BATCH)
+QUICK_MIN_BATCH = 32
+QUICK_LR_MARGIN = 3  # a quick check's max LR is at most the range test's loss-minimum LR / this
 
 
 @dataclass
@@ -54,16 +57,36 @@ class Recipe:
             return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(params, lr=lr, momentum=self.momentum, nesterov=True, weight_decay=self.weight_decay)
 
-    def max_lr(self, suggested_lr: float, steps: int) -> tuple[float, str | None]:
-        """The one-cycle max LR from the range test's suggestion: ``suggested_lr x lr_scale``; a run of fewer
-        ``steps`` than the range test takes the suggestion itself when ``lr_scale`` > 1 (a scale above 1 is
-        chosen on full runs; a quick check diverges with it). Returns (max LR, why the scale was dropped)."""
-        if self.lr_scale > 1 and steps < self.lr_iters:
-            return suggested_lr, (f"max LR {suggested_lr:.3e}, the range test's suggestion without the recipe's "
-                                  f"lr_scale {self.lr_scale:.3g}: this run has {steps} training steps, fewer than the "
-                                  f"range test's {self.lr_iters}, and the scale was chosen on full runs (a quick check "
-                                  f"diverges with it)")
-        return suggested_lr * self.lr_scale, None
+    def batch_for(self, train_images: int) -> tuple[int, str | None]:
+        """The batch size for ``train_images``: the recipe's, or, when that gives fewer than ``QUICK_STEPS`` steps
+        per epoch, the largest power of two (not below ``QUICK_MIN_BATCH``) that gives that many. A quick check on
+        a subset at the full run's batch trains for a handful of steps and stays at chance (S7, 2,000 images at
+        512: 8 steps, 9.40% on CIFAR-10 (JPEG copy): results/README.md). Returns (batch, why it was made smaller)."""
+        if train_images // self.batch_size >= QUICK_STEPS:
+            return self.batch_size, None
+        batch = max(QUICK_MIN_BATCH, 1 << max(0, (train_images // QUICK_STEPS).bit_length() - 1))
+        if batch >= self.batch_size:
+            return self.batch_size, None
+        steps = lambda b: -(-train_images // b)  # noqa: E731  (the loader keeps the last short batch)
+        return batch, (f"batch {batch}, not the recipe's {self.batch_size}: {train_images} training images make "
+                       f"{steps(self.batch_size)} step(s) per epoch at {self.batch_size}, {steps(batch)} at {batch} (a subset gets at least {QUICK_STEPS} per epoch, or a "
+                       f"batch of {QUICK_MIN_BATCH}; --batch-size sets it)")
+
+    def max_lr(self, suggested_lr: float, min_loss_lr: float, steps: int) -> tuple[float, str | None]:
+        """The one-cycle max LR from the range test: ``suggested_lr x lr_scale``. A run of fewer ``steps`` than the
+        range test takes (a quick check) gets no scale above 1 (chosen on full runs) and no more than
+        1 / ``QUICK_LR_MARGIN`` of the loss minimum (where the sweep turns unstable; a quick check peaks there
+        for a third of its steps). Returns (max LR, what a quick check changed)."""
+        full = suggested_lr * self.lr_scale
+        if steps >= self.lr_iters:
+            return full, None
+        lr = min(suggested_lr * min(self.lr_scale, 1.0), min_loss_lr / QUICK_LR_MARGIN)
+        if lr >= full:
+            return full, None
+        return lr, (f"max LR {lr:.3e}, not the recipe's {full:.3e}: this run has {steps} training steps, fewer than "
+                    f"the range test's {self.lr_iters}; a quick check takes the suggestion without an lr_scale above 1 "
+                    f"(the recipe's {self.lr_scale:.3g}, chosen on full runs) and at most 1/{QUICK_LR_MARGIN:g} of "
+                    f"the loss minimum {min_loss_lr:.3e}")
 
     def criterion(self) -> nn.Module:
         return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
