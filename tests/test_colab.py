@@ -38,23 +38,89 @@ def test_publish_points_every_badge_and_repo_url_at_the_fork_and_nothing_else(tm
     assert main(["not a repo", "--root", str(root)]) == 1
 
 
+FORK = "https://github.com/student/cifar10-lab"
+STUB_FILES = """import os
+
+
+def download(path):
+    with open(os.environ["COLAB_STUB_DOWNLOADS"], "a") as f:
+        f.write(path + "\\n")
+"""
+
+
 @pytest.fixture(scope="module")
-def colab_env(tmp_path_factory):
-    """An environment whose kernels import a ``google.colab`` stub at start-up, as Colab's do."""
+def colab_stub(tmp_path_factory):
+    """A ``google.colab`` package imported at start-up, as in Colab's kernels; ``files.download`` records the
+    path it is given in the file ``$COLAB_STUB_DOWNLOADS``."""
     stub = tmp_path_factory.mktemp("colab")
     (stub / "google" / "colab").mkdir(parents=True)
-    (stub / "google" / "__init__.py").write_text("")
+    # google stays a namespace package (no __init__.py), as in Colab: google.protobuf (TensorBoard) still imports
     (stub / "google" / "colab" / "__init__.py").write_text("")
+    (stub / "google" / "colab" / "files.py").write_text(STUB_FILES)
     (stub / "sitecustomize.py").write_text("import google.colab\n")
-    return {**os.environ, "PYTHONPATH": f"{stub}{os.pathsep}{REPO}", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    return stub
 
 
-def _first_cell_only(name: str, folder: Path, url: str | None = None) -> Path:
-    nb = nbformat.read(REPO / "assignments" / f"{name}.ipynb", as_version=4)
+@pytest.fixture(scope="module")
+def colab_env(colab_stub):
+    return {**os.environ, "PYTHONPATH": f"{colab_stub}{os.pathsep}{REPO}", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+
+@pytest.fixture(scope="module")
+def fork(tmp_path_factory):
+    """This working tree (tracked and untracked, not ignored) committed into a scratch repository and published as
+    student/cifar10-lab; returns (the repository, a git config that serves FORK from it as Colab's clone would)."""
+    from assignments.publish import main as publish
+
+    root = tmp_path_factory.mktemp("fork")
+    src = root / "cifar10-lab"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
+    assert publish(["student/cifar10-lab", "--root", str(src)]) == 0
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(src)]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "fork"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    config = root / "gitconfig"
+    config.write_text(f'[url "{src}"]\n\tinsteadOf = {FORK}\n')
+    return src, config
+
+
+def _colab_kernel_env(monkeypatch, stub: Path, gitconfig: Path, tmp: Path) -> Path:
+    """The environment the runner's kernel starts with: the stub alone on PYTHONPATH (the repo is importable only
+    from the clone), git reading ``gitconfig``, a private temp dir (TensorBoard's instance files); returns it."""
+    (tmp / "tmp").mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(stub))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
+    monkeypatch.setenv("TMPDIR", str(tmp / "tmp"))
+    monkeypatch.setenv("COLAB_STUB_DOWNLOADS", str(tmp / "downloads.txt"))
+    return tmp / "tmp"
+
+
+def _stop_tensorboards(tmpdir: Path) -> list[dict]:
+    """The TensorBoard instances still running from the kernel (their info files under ``tmpdir``), stopped."""
+    import json
+    import signal
+
+    infos = [json.loads(f.read_text()) for f in (tmpdir / ".tensorboard-info").glob("pid-*.info")]
+    for info in infos:
+        try:
+            os.kill(info["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return infos
+
+
+def _first_cell_only(name: str, folder: Path, url: str | None = None, root: Path = REPO) -> Path:
+    nb = nbformat.read(root / "assignments" / f"{name}.ipynb", as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "REPO_URL = " in c.source)
     params = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     if url:
         nb.cells[at].source = nb.cells[at].source.replace("https://github.com/OWNER/REPO", url)
+    nb.cells[at].source = nb.cells[at].source.replace("/content/repo", str(folder / "content" / "repo"))
     nb.cells = nb.cells[:max(at, params) + 1] + [nbformat.v4.new_code_cell("import assignments")]
     path = folder / f"{name}.ipynb"
     nbformat.write(nb, path)
@@ -90,6 +156,79 @@ def test_in_colab_a_clone_that_fails_is_one_line_naming_repo_url(colab_env, tmp_
     assert p.returncode == 1 and len(lines) == 1, p.stderr
     assert f"RuntimeError: REPO_URL {missing}: git clone failed" in lines[0]
     assert not Path("/content/repo/.git").exists() or os.environ.get("COLAB_RELEASE_TAG")
+
+
+# --- Run all in a Colab-like kernel ----------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_in_colab_run_all_clones_the_fork_trains_and_downloads_the_zipped_run(name, fork, colab_stub, folder_dir,
+                                                                              tmp_path, monkeypatch):
+    """Each notebook of the published fork, Run all as Colab runs it: the Colab branch of the first cell (clone,
+    %cd, %pip), the library imported from the clone, the TensorBoard cell's server on the runs folder, the last
+    cell's download. /content is a temp folder; the parameters are the defaults but for a small synthetic SUBSET
+    (local data: nothing is downloaded)."""
+    from assignments.execute import execute_notebook
+    from test_notebooks import assert_colab_clean, code_cells
+
+    src, gitconfig = fork
+    tmpdir = _colab_kernel_env(monkeypatch, colab_stub, gitconfig, tmp_path)
+    content = tmp_path / "content"
+    content.mkdir()
+    nb = nbformat.read(src / "assignments" / f"{name}.ipynb", as_version=4)
+    first = next(i for i, c in enumerate(nb.cells) if "REPO_URL = " in c.source)
+    published = nb.cells[first].source
+    assert f'REPO_URL = "{FORK}"' in published
+    nb.cells[first].source = published.replace("/content/repo", str(content / "repo"))
+    nb.cells.append(nbformat.v4.new_code_cell("import assignments; print('imported from', assignments.__file__)"))
+    path = tmp_path / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    written = path.read_bytes()
+    params = {"EPOCHS": 1, "SUBSET": 64, "BATCH_SIZE": 16, "DATA_DIR": str(folder_dir), "OUT": str(tmp_path / "run")}
+    try:
+        out = execute_notebook(path, params, output=tmp_path / "out.ipynb", timeout=900, cwd=content)
+    finally:
+        servers = _stop_tensorboards(tmpdir)
+    assert path.read_bytes() == written  # the runner writes its output, never the notebook it runs
+    outputs = [o for c in code_cells(out) for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    later = [o for c in code_cells(out)[1:] for o in c.outputs]  # the first cell's is git's and pip's
+    stderr = "".join(o.get("text", "") for o in later if o.output_type == "stream" and o.name == "stderr")
+    assert "Warning" not in stderr and "warn" not in stderr.lower(), stderr[:2000]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert f"imported from {content / 'repo' / 'assignments' / '__init__.py'}" in text
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 7
+    board = next(c for c in code_cells(out) if "%tensorboard" in c.source or '"tensorboard"' in c.source)
+    shown = [o["data"].get("application/javascript", "") for o in board.outputs if o.output_type == "display_data"]
+    assert len(shown) == 1 and "google.colab.kernel.proxyPort(6006" in shown[0]  # TensorBoard answered, inline
+    assert all(s["logdir"] == str(tmp_path) for s in servers)  # the runs folder (servers still up at the end)
+    downloaded = (tmp_path / "downloads.txt").read_text().split()
+    assert downloaded == [str(tmp_path / "run.zip")]
+    with __import__("zipfile").ZipFile(downloaded[0]) as z:
+        assert {"run/report.md", "run/log.txt", "run/metrics.json", "run/checkpoint.pt"} <= set(z.namelist())
+    out.cells[next(i for i, c in enumerate(out.cells) if "REPO_URL = " in c.source)].source = published
+    assert_colab_clean(out, name)
+
+
+@pytest.mark.slow
+def test_in_colab_a_second_run_all_pulls_the_fork_s_new_commits(fork, colab_stub, tmp_path, monkeypatch):
+    from assignments.execute import execute_notebook
+
+    src, gitconfig = fork
+    _colab_kernel_env(monkeypatch, colab_stub, gitconfig, tmp_path)
+    (tmp_path / "content").mkdir()
+    path = _first_cell_only("S9", tmp_path, root=src)
+    execute_notebook(path, {}, cwd=tmp_path / "content")
+    clone = tmp_path / "content" / "repo"
+    (src / "NEW.md").write_text("a commit after the first clone\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(src)]
+    subprocess.run(git + ["add", "NEW.md"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "new"], check=True)
+    try:
+        again = execute_notebook(path, {}, cwd=tmp_path / "content")
+    finally:
+        subprocess.run(git + ["reset", "-q", "--hard", "HEAD~1"], check=True)
+    printed = "".join(o.get("text", "") for c in again.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"{clone} updated" in printed and (clone / "NEW.md").is_file()
 
 
 # --- quick checks --------------------------------------------------------------------------------------------
