@@ -31,6 +31,17 @@ def place(config: RunConfig) -> tuple[torch.device, distributed.World]:
     return device, world
 
 
+def batch_size(config: RunConfig, recipe: Recipe, train_images: int, state: dict | None) -> tuple[int, str | None]:
+    """The run's batch and why it is not the recipe's: ``--batch-size``; on ``--resume`` the one the checkpoint
+    trained with (the recipe's for a checkpoint that does not say); else :meth:`Recipe.batch_for`, which gives a
+    small subset enough steps per epoch."""
+    if config.batch_size:
+        return config.batch_size, None
+    if state:
+        return (state["extra"].get("identity") or {}).get("batch_size") or recipe.batch_size, None
+    return recipe.batch_for(train_images)
+
+
 def make_loaders(config: RunConfig, recipe: Recipe, train_split, test_split, mean, std, batch_size: int,
                  device: torch.device, world: distributed.World = distributed.World()):
     """(train loader, test loader): on CUDA (or ``--loader fast``) the split on the device, augmented per batch;

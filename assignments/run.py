@@ -33,7 +33,7 @@ from utils.tensorboard import TensorBoard
 from utils.train import fit
 
 from .analysis import Analysis
-from .build import command, device_name, make_loaders, place, start_lines, stepping_module
+from .build import batch_size, command, device_name, make_loaders, place, start_lines, stepping_module
 from .config import RunConfig, resolve_out
 from .outdir import CHECKPOINT, claim, release
 from .recipes import recipe as builtin_recipe
@@ -78,8 +78,8 @@ class Run:
         self.mean, self.std = channel_stats(data.train.images)
         subset = c.subset if c.subset and c.subset < len(data.train) else None  # a larger one means everything
         self.train_split, self.test_split = data.train.subset(subset, c.seed), data.test.subset(subset, c.seed)
-        # the recipe's batch, or a smaller one that gives a subset enough steps (said in the log)
-        self.batch_size, self.batch_note = (c.batch_size, None) if c.batch_size else r.batch_for(len(self.train_split))
+        # the recipe's batch, or a smaller one that gives a subset enough steps (said in the log); a resume keeps its own
+        self.batch_size, self.batch_note = batch_size(c, r, len(self.train_split), self.resumed.state)
         # under torchrun the train and eval loaders are this rank's shards; test_loader (figures) is whole
         loaders = lambda world: make_loaders(c, r, self.train_split, self.test_split, self.mean, self.std,  # noqa
                                              self.batch_size, self.device, world)
@@ -93,7 +93,8 @@ class Run:
         self.criterion = r.criterion()
         data_line = data.source + (f", subset of {subset}" if subset else "")
         self.identity = {"recipe": r.name, "model": type(self.model).__name__, "data": data_line,
-                         "train_images": len(self.train_split), "test_images": len(self.test_split),
+                         "batch_size": self.batch_size, "train_images": len(self.train_split),
+                         "test_images": len(self.test_split),
                          "data_fingerprint": fingerprint(self.train_split, self.test_split)}
         if c.resume:
             check_resumable(self.resumed.state, self.identity, self.model, self.resumed.out)

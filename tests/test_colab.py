@@ -293,6 +293,23 @@ def test_a_quick_check_gets_a_smaller_batch_and_a_capped_max_lr_and_trains(data_
     assert run.history[-1]["test_acc"] > 30 and run.history[-1]["test_loss"] < 2.3  # chance: 10%, ln 10
 
 
+def test_a_resume_keeps_the_batch_its_checkpoint_trained_with(data_2000, tmp_path, monkeypatch):
+    from assignments.run import Run
+    from utils import recipe as recipe_module
+    from utils.recipe import Recipe
+
+    recipe = Recipe("quick", epochs=1, batch_size=512, model=small_resnet)
+    options = dict(data_dir=str(data_2000), subset=1800, device="cpu", lr="0.01", out=str(tmp_path / "q"),
+                   tensorboard=False)
+    first = Run(recipe=recipe, **options)
+    first.train()
+    assert first.batch_size == 32  # 1,800 images: the rule's batch
+    monkeypatch.setattr(recipe_module, "QUICK_STEPS", 1)  # the rule now keeps the recipe's 512 ...
+    assert Run(recipe=recipe, **{**options, "out": str(tmp_path / "fresh")}).batch_size == 512
+    resumed = Run(recipe=recipe, **options, resume=True)  # ... but a resume keeps what its checkpoint trained with
+    assert resumed.batch_size == 32 and len(resumed.train_loader) == len(first.train_loader)
+
+
 def test_a_run_whose_test_loss_explodes_is_flagged_whatever_its_step_count():
     from utils.doctor import Doctor
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The fast tier (python -m pytest -m "not slow") under each other supported Python this machine has (pyenv's
+# 3.12 and 3.13; Colab runs 3.12 and is moving to 3.13), each in a fresh venv with the README's install. An
+# interpreter that is missing, or an install the package registry does not answer, is one line and skipped;
+# a failing test fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+status=0
+for version in 3.12 3.13; do
+  # pyenv's interpreter itself (its shim refuses a version that is not selected), else one on PATH
+  python=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python 2>/dev/null | tail -1)
+  [ -n "$python" ] || python=$(command -v "python$version" || true)
+  if [ -z "$python" ]; then
+    echo "Python $version: not on this machine, skipped"
+    continue
+  fi
+  venv=$(mktemp -d)/venv
+  if ! { "$python" -m venv "$venv" && "$venv/bin/pip" install -q -r requirements.txt >"$venv.log" 2>&1; }; then
+    echo "Python $version: the install failed, skipped ($(grep -m1 -i error "$venv.log" | cut -c1-200))"
+    rm -rf "$(dirname "$venv")"
+    continue
+  fi
+  echo "Python $version ($("$venv/bin/python" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)')):"
+  "$venv/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider || status=1
+  rm -rf "$(dirname "$venv")"
+done
+exit $status
