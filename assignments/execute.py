@@ -53,14 +53,15 @@ def execute_notebook(source: str | Path, parameters: dict, output: str | Path | 
     lines = ["# Parameters injected for this run"] + [f"{k} = {v!r}" for k, v in parameters.items()]
     injected = nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": [INJECTED]})
     nb.cells.insert(at + 1, injected)
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     t0 = time.perf_counter()
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     try:
-        # the kernel process's own log (not the cells' output, which comes over its channels) stays off the terminal
+        # the kernel process's own log (not the cells' output, which comes over its channels) stays off the terminal;
+        # no progress bars (a saved widget reads "0%|"; the log lines say the same), no albumentations update check
+        env = {"NO_ALBUMENTATIONS_UPDATE": "1", **os.environ, "TQDM_DISABLE": "1"}
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(cwd)}}).execute(stderr=subprocess.DEVNULL)
+                       resources={"metadata": {"path": str(cwd)}}).execute(stderr=subprocess.DEVNULL, env=env)
     except CellTimeoutError:
         raise NotebookFailed(f"a cell of {Path(source).name} ran past --timeout {timeout} (seconds per cell)") from None
     except CellExecutionError as e:

@@ -75,6 +75,18 @@ def test_any_notebook_with_a_parameters_cell_runs_and_a_failing_cell_is_one_line
     assert "\x1b[" not in p.stderr and not (tmp_path / "failed.ipynb").exists()
 
 
+def test_the_saved_notebook_has_the_log_lines_and_no_progress_bar(tmp_path):
+    """A widget bar saved by a headless kernel reads "0%|" in the file; the runner's kernel draws none."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("OUT = None", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("from utils.progress import progress, say\n"
+                                          "for i in progress(range(3), total=3, leave=False):\n    say(f'step {i}')")]
+    nbformat.write(nb, tmp_path / "bars.ipynb")
+    assert runner(tmp_path / "bars.ipynb", "--output", tmp_path / "out.ipynb").returncode == 0
+    outputs = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[-1].outputs
+    assert [o.output_type for o in outputs] == ["stream"] and outputs[0].text == "step 0\nstep 1\nstep 2\n"
+
+
 def test_the_template_with_a_model_written_by_its_own_cell_runs_and_trains_that_model(tmp_path, folder_dir):
     """The template's documented way in Colab: a ``%%writefile models/<file>.py`` cell after the first one, and
     the model cell importing from it."""

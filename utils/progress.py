@@ -1,8 +1,9 @@
 """Progress bars that stay readable: live in a terminal or a notebook with widgets, silent elsewhere.
 
-Piped output (a log file, CI) gets no bar at all (``\r`` redraws would pile up there); the
-per-epoch lines of the training log carry the same numbers.
+Piped output (a log file, CI) and a kernel started with ``TQDM_DISABLE=1`` (the headless notebook runner's, whose
+saved widgets would read "0%|") get no bar at all; the per-epoch lines of the training log carry the same numbers.
 """
+import os
 import sys
 
 from tqdm import tqdm as text_tqdm
@@ -23,13 +24,15 @@ def _has_widgets() -> bool:
 
 def bars_enabled() -> bool:
     """True in a terminal or a notebook with widgets (Colab); False in a pipe, a file, or a headless kernel,
-    where every redraw of a text bar would be stored as another line of output."""
+    where every redraw of a text bar would be stored as another line of output; False with ``TQDM_DISABLE`` set."""
+    if os.environ.get("TQDM_DISABLE", "") not in ("", "0"):
+        return False
     return _has_widgets() if _in_notebook() else sys.stderr.isatty()
 
 
 def progress(iterable, **kwargs):
     """A tqdm bar over ``iterable``: widget in Jupyter (if ipywidgets is there), text in a terminal, none in a pipe."""
-    if _in_notebook() and _has_widgets():
+    if bars_enabled() and _in_notebook():
         from tqdm.notebook import tqdm as notebook_tqdm
         return notebook_tqdm(iterable, **kwargs)
     return text_tqdm(iterable, disable=not bars_enabled(), **kwargs)
