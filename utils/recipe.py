@@ -83,10 +83,12 @@ class Recipe:
         lr = min(suggested_lr * min(self.lr_scale, 1.0), min_loss_lr / QUICK_LR_MARGIN)
         if lr >= full:
             return full, None
+        takes = [f"the suggestion without the recipe's lr_scale {self.lr_scale:.3g} (chosen on full runs)"] \
+            if self.lr_scale > 1 else []
+        if lr < suggested_lr * min(self.lr_scale, 1.0):
+            takes.append(f"at most 1/{QUICK_LR_MARGIN:g} of the loss minimum {min_loss_lr:.3e}")
         return lr, (f"max LR {lr:.3e}, not the recipe's {full:.3e}: this run has {steps} training steps, fewer than "
-                    f"the range test's {self.lr_iters}; a quick check takes the suggestion without an lr_scale above 1 "
-                    f"(the recipe's {self.lr_scale:.3g}, chosen on full runs) and at most 1/{QUICK_LR_MARGIN:g} of "
-                    f"the loss minimum {min_loss_lr:.3e}")
+                    f"the range test's {self.lr_iters}, so a quick check takes {', and '.join(takes)}")
 
     def criterion(self) -> nn.Module:
         return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
