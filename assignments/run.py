@@ -78,7 +78,7 @@ class Run:
         self.mean, self.std = channel_stats(data.train.images)
         subset = c.subset if c.subset and c.subset < len(data.train) else None  # a larger one means everything
         self.train_split, self.test_split = data.train.subset(subset, c.seed), data.test.subset(subset, c.seed)
-        # the recipe's batch, or a smaller one that gives a subset enough steps (said in the log); a resume keeps its own
+        # the recipe's batch, or a smaller one that gives a subset enough steps (logged); a resume keeps its own
         self.batch_size, self.batch_note = batch_size(c, r, len(self.train_split), self.resumed.state)
         # under torchrun the train and eval loaders are this rank's shards; test_loader (figures) is whole
         loaders = lambda world: make_loaders(c, r, self.train_split, self.test_split, self.mean, self.std,  # noqa

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -165,8 +166,8 @@ def test_in_colab_run_all_clones_the_fork_trains_and_downloads_the_zipped_run(na
                                                                               tmp_path, monkeypatch):
     """Each notebook of the published fork, Run all as Colab runs it: the Colab branch of the first cell (clone,
     %cd, %pip), the library imported from the clone, the TensorBoard cell's server on the runs folder, the last
-    cell's download. /content is a temp folder; the parameters are the defaults but for a small synthetic SUBSET
-    (local data: nothing is downloaded)."""
+    cell's download. /content is a temp folder; the parameters are the defaults but EPOCHS, SUBSET and BATCH_SIZE
+    (small, for time) and DATA_DIR (synthetic: nothing is downloaded offline)."""
     from assignments.execute import execute_notebook
     from test_notebooks import assert_colab_clean, code_cells
 
@@ -203,7 +204,7 @@ def test_in_colab_run_all_clones_the_fork_trains_and_downloads_the_zipped_run(na
     assert all(s["logdir"] == str(tmp_path) for s in servers)  # the runs folder (servers still up at the end)
     downloaded = (tmp_path / "downloads.txt").read_text().split()
     assert downloaded == [str(tmp_path / "run.zip")]
-    with __import__("zipfile").ZipFile(downloaded[0]) as z:
+    with zipfile.ZipFile(downloaded[0]) as z:
         assert {"run/report.md", "run/log.txt", "run/metrics.json", "run/checkpoint.pt"} <= set(z.namelist())
     out.cells[next(i for i, c in enumerate(out.cells) if "REPO_URL = " in c.source)].source = published
     assert_colab_clean(out, name)
@@ -354,7 +355,6 @@ def test_fit_hands_each_epoch_s_test_loss_to_the_doctor():
 
 def test_keep_zips_the_run_and_downloads_it_in_colab_or_copies_it_to_drive(tmp_path, monkeypatch):
     import types
-    import zipfile
 
     from utils.keep import keep_run
 

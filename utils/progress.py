@@ -32,10 +32,11 @@ def bars_enabled() -> bool:
 
 def progress(iterable, **kwargs):
     """A tqdm bar over ``iterable``: widget in Jupyter (if ipywidgets is there), text in a terminal, none in a pipe."""
-    if bars_enabled() and _in_notebook():
+    enabled = bars_enabled()
+    if enabled and _in_notebook():
         from tqdm.notebook import tqdm as notebook_tqdm
         return notebook_tqdm(iterable, **kwargs)
-    return text_tqdm(iterable, disable=not bars_enabled(), **kwargs)
+    return text_tqdm(iterable, disable=not enabled, **kwargs)
 
 
 def say(message: str) -> None:

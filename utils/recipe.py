@@ -69,23 +69,25 @@ class Recipe:
             return self.batch_size, None
         steps = lambda b: -(-train_images // b)  # noqa: E731  (the loader keeps the last short batch)
         return batch, (f"batch {batch}, not the recipe's {self.batch_size}: {train_images} training images make "
-                       f"{steps(self.batch_size)} step(s) per epoch at {self.batch_size}, {steps(batch)} at {batch} (a subset gets at least {QUICK_STEPS} per epoch, or a "
-                       f"batch of {QUICK_MIN_BATCH}; --batch-size sets it)")
+                       f"{steps(self.batch_size)} step(s) per epoch at {self.batch_size}, {steps(batch)} at {batch} "
+                       f"(a subset gets at least {QUICK_STEPS} per epoch, or a batch of {QUICK_MIN_BATCH}; "
+                       f"--batch-size sets it)")
 
     def max_lr(self, suggested_lr: float, min_loss_lr: float, steps: int) -> tuple[float, str | None]:
         """The one-cycle max LR from the range test: ``suggested_lr x lr_scale``. A run of fewer ``steps`` than the
         range test takes (a quick check) gets no scale above 1 (chosen on full runs) and no more than
-        1 / ``QUICK_LR_MARGIN`` of the loss minimum (where the sweep turns unstable; a quick check peaks there
-        for a third of its steps). Returns (max LR, what a quick check changed)."""
+        1 / ``QUICK_LR_MARGIN`` of the loss minimum (where the sweep turns unstable). Returns (max LR, what a
+        quick check changed)."""
         full = suggested_lr * self.lr_scale
         if steps >= self.lr_iters:
             return full, None
-        lr = min(suggested_lr * min(self.lr_scale, 1.0), min_loss_lr / QUICK_LR_MARGIN)
+        unscaled = suggested_lr * min(self.lr_scale, 1.0)
+        lr = min(unscaled, min_loss_lr / QUICK_LR_MARGIN)
         if lr >= full:
             return full, None
         takes = [f"the suggestion without the recipe's lr_scale {self.lr_scale:.3g} (chosen on full runs)"] \
             if self.lr_scale > 1 else []
-        if lr < suggested_lr * min(self.lr_scale, 1.0):
+        if lr < unscaled:
             takes.append(f"at most 1/{QUICK_LR_MARGIN:g} of the loss minimum {min_loss_lr:.3e}")
         return lr, (f"max LR {lr:.3e}, not the recipe's {full:.3e}: this run has {steps} training steps, fewer than "
                     f"the range test's {self.lr_iters}, so a quick check takes {', and '.join(takes)}")
