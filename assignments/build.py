@@ -2,8 +2,10 @@
 torch.compile), and the lines that name the device and the command."""
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -109,3 +111,27 @@ def start_lines(run, data, subset: int | None, instance: bool) -> list[str]:
                  f"{res.checks['batch_independence']:.1e} (relative)"
                  + ("; the model returns log-probabilities" if res.checks["log_probs"] else ""))
     return lines
+
+
+def build_model(source: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """The model from ``model=``: an ``nn.Module`` as it is, else ``source()``; a class or function that needs
+    arguments is one line naming them and how to pass them."""
+    if isinstance(source, nn.Module):
+        return source
+    if not callable(source):
+        raise ValueError(f"Run: model must be an nn.Module or a class or function that builds one; got "
+                         f"{type(source).__name__}")
+    try:
+        needed = [n for n, p in inspect.signature(source).parameters.items() if p.default is p.empty
+                  and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: call it and see
+        needed = []
+    name = getattr(source, "__name__", type(source).__name__)
+    if needed:
+        args = ", ".join(f"{n}=..." for n in needed)
+        raise ValueError(f"Run: model={name} needs the arguments {', '.join(needed)}; pass "
+                         f"model=functools.partial({name}, {args}) (the app can rebuild that) or an instance {name}(...)")
+    built = source()
+    if not isinstance(built, nn.Module):
+        raise ValueError(f"Run: model={name}() returned a {type(built).__name__}, not an nn.Module")
+    return built

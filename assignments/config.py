@@ -116,7 +116,8 @@ class RunConfig:
                                     "first, anything else is kept")
     device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
     precision: str = option("auto", "autocast of the forward pass; auto: bf16 where the device runs it natively "
-                                    "(AVX-512 BF16/AMX CPU, CUDA 8.0+), fp16 + grad scaler on older GPUs, else fp32",
+                                    "(AVX-512 BF16/AMX CPU, CUDA 8.0+), fp16 + grad scaler on older GPUs, else fp32; "
+                                    "fp64: float64 throughout, for checks that must match on every CPU (slow)",
                             choices=PRECISIONS)
     compile: bool = option(False, "torch.compile the model for training and testing")
     seed: int = option(1, "seed of weights, shuffling and augmentation", check=seed_value)

@@ -33,7 +33,7 @@ from utils.tensorboard import TensorBoard
 from utils.train import fit
 
 from .analysis import Analysis
-from .build import batch_size, command, device_name, make_loaders, place, start_lines, stepping_module
+from .build import batch_size, build_model, command, device_name, make_loaders, place, start_lines, stepping_module
 from .config import RunConfig, resolve_out
 from .outdir import CHECKPOINT, claim, release
 from .recipes import recipe as builtin_recipe
@@ -72,6 +72,17 @@ class Run:
 
         set_seed(c.seed)
         self.precision = Precision(c.precision, self.device, channels_last=r.channels_last)
+        # the model and its contract before the data: a model that breaks it is refused in seconds
+        with self.precision.building():  # fp64: the weights drawn in float64
+            built = build_model(source)
+        built = nn.SyncBatchNorm.convert_sync_batchnorm(built) if c.sync_bn else built
+        self.model = self.precision.place(built)
+        with torch.random.fork_rng(devices=[]):  # the checks draw no numbers from the run's RNG
+            check_contract(self.model, len(CLASSES))  # one (B, 10) tensor: every later step relies on it
+            mixing = batch_independence(self.model)
+            log_probs = returns_log_probs(self.model)
+        self.step_model = stepping_module(self.model, self.world, self.device, c.compile)
+        self.criterion = r.criterion()
         distributed.barrier()  # every rank has checked --out before rank 0 creates anything
         with distributed.main_first():  # rank 0 downloads (if it must), then the others read
             data = load_cifar10(c.data_dir, download=c.download)
@@ -86,11 +97,6 @@ class Run:
         self.train_loader, self.eval_loader = loaders(self.world)
         self.test_loader = loaders(distributed.World())[1] if self.world.size > 1 else self.eval_loader
         check_one_cycle_length(self.epochs, len(self.train_loader))
-        built = source if isinstance(source, nn.Module) else source()
-        built = nn.SyncBatchNorm.convert_sync_batchnorm(built) if c.sync_bn else built
-        self.model = built.to(self.device, memory_format=self.precision.memory_format)
-        self.step_model = stepping_module(self.model, self.world, self.device, c.compile)
-        self.criterion = r.criterion()
         data_line = data.source + (f", subset of {subset}" if subset else "")
         self.identity = {"recipe": r.name, "model": type(self.model).__name__, "data": data_line,
                          "batch_size": self.batch_size, "train_images": len(self.train_split),
@@ -98,10 +104,6 @@ class Run:
                          "data_fingerprint": fingerprint(self.train_split, self.test_split)}
         if c.resume:
             check_resumable(self.resumed.state, self.identity, self.model, self.resumed.out)
-        with torch.random.fork_rng(devices=[]):  # the checks draw no numbers from the run's RNG
-            check_contract(self.model, len(CLASSES))  # one (B, 10) tensor: every later step relies on it
-            mixing = batch_independence(self.model)
-            log_probs = returns_log_probs(self.model)
         # only now: a failed build leaves no run folder and writes into no existing one
         self.out = distributed.decided(lambda: claim(self.resumed.out, unique=self.resumed.unique, overwrite=c.overwrite,
                                                      resume=c.resume, command=command(self.world)))

@@ -68,7 +68,7 @@ def test_a_batchnorm_free_net_learns_the_same_weights_in_two_processes_as_in_one
     w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert any(not torch.equal(v, no_bn_init) for v, no_bn_init in zip(w1.values(), _fresh_nobn().values()))
     for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-10, atol=1e-12)  # float64 (ddp_job.py): any CPU
 
 
 def _fresh_nobn():

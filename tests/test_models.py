@@ -1,6 +1,7 @@
 """The three models exactly as the assignments specify."""
 import pytest
 import torch
+from torch import nn
 
 from models import CustomResNet, ResNet18, TransformerUltimus, UltimusBlock
 from reference_ultimus import seed_model
@@ -143,3 +144,19 @@ def test_summary_reports_the_count_and_leaves_the_model_alone(name):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
     text = str(s)
     assert "Kernel Shape" in text and "Output Shape" in text and "Input Shape" in text
+
+
+def test_the_operation_count_runs_models_that_reach_one_value_per_channel():
+    """torchvision's resnet18 reaches 1x1 at layer4 on 32x32 images, and a BatchNorm1d after pooling sees a
+    (B, C) vector: in train mode on one image both refuse; the count runs in eval mode on two images and leaves
+    the model in the mode it was in."""
+    from torchvision.models import resnet18
+
+    from utils.summary import mult_adds
+
+    pooled_bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(8),
+                              nn.Linear(8, 10))
+    for model in (resnet18(num_classes=10), pooled_bn):
+        for training in (True, False):
+            model.train(training)
+            assert mult_adds(model) > 0 and model.training == training

@@ -168,7 +168,8 @@ def test_batch_mixing_behind_a_log_softmax_is_measured_on_the_scores_and_flagged
     model = AuthorUltimus()
     images = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     together, alone = eval_outputs(model, images)[:1], eval_outputs(model, images[:1])
-    assert torch.equal(together, alone)  # the log-probabilities hide the mixing entirely
+    # the log-probabilities hide the mixing (what is left is float rounding, which depends on the CPU's kernels)
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
     assert batch_independence(model) > 1e-3  # the scores before log_softmax show it
     run = Run(recipe=recipe("S10 author"), model=AuthorUltimus, data_dir=str(folder_dir), device="cpu",
               lr="0.001", out=str(tmp_path / "a"), subset=96)

@@ -1,4 +1,4 @@
-"""Mixed precision: the choice per device, a bf16 step that learns, fp16's scaler, fp32 unchanged."""
+"""Mixed precision: the choice per device, a bf16 step that learns, fp16's scaler, fp32 unchanged, fp64 for checks."""
 import math
 
 import pytest
@@ -32,7 +32,7 @@ def test_auto_picks_what_the_device_runs_natively(monkeypatch, device, avx512_bf
 def test_explicit_precision_is_kept_and_a_bad_one_names_the_option():
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("fp16", torch.device("cuda")) == "fp16"
-    with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16, fp16; got 'half'"):
+    with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16, fp16, fp64; got 'half'"):
         resolve_precision("half", torch.device("cpu"))
 
 
@@ -160,3 +160,42 @@ def test_fp16_scaler_state_is_checkpointed_and_restored(tmp_path):
     fit(model, _batches(2), _batches(1), opt, nn.CrossEntropyLoss(), 1, checkpoint=tmp_path / "c.pt",
         resume=True, precision=again)
     assert again.scaler.get_scale() == pr.scaler.get_scale() == 16384.0
+
+
+def _fp64_steps(threads: int) -> dict:
+    """Four fp64 train steps of a small CNN on fixed batches with ``threads`` torch threads; the final weights."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        set_seed(0)
+        precision = Precision("fp64")
+        with precision.building():
+            model = precision.place(small_cnn())
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(1)
+        batches = [(torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(4)]
+        train_one_epoch(model, batches, opt, nn.CrossEntropyLoss(), precision=precision)
+        return model.state_dict()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fp64_trains_in_float64_from_float32_batches_and_restores_the_default_dtype():
+    precision = Precision("fp64")
+    with precision.building():
+        model = precision.place(small_cnn())
+    assert torch.get_default_dtype() == torch.float32
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert model(torch.rand(2, 3, 32, 32)).dtype == torch.float64  # float32 batches are cast on the way in
+    assert precision.inputs(torch.rand(2, 3, 32, 32)).dtype == torch.float64
+    assert precision.inputs(torch.zeros(2, dtype=torch.long)).dtype == torch.long  # labels stay integers
+    with pytest.raises(RuntimeError), precision.building():
+        raise RuntimeError("a model whose constructor fails")
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_fp64_steps_agree_across_thread_counts_to_rounding():
+    """The reason fp64 exists: the order of a sum (here: one thread or two) moves fp64 weights by ~1e-16."""
+    one, two = _fp64_steps(1), _fp64_steps(2)
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], rtol=1e-12, atol=1e-14)

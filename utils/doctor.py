@@ -17,13 +17,14 @@ from .callbacks import Callback
 
 
 def batch_stats(loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """What the doctor reads from one step, as one fp32 tensor on the logits' device (no host read):
-    [loss, correct count, count of the most common prediction, logits' std across the batch, batch size]."""
-    logits = logits.detach().float()  # (B, C)
+    """What the doctor reads from one step, as one fp32 tensor (fp64 for fp64 logits) on the logits' device (no
+    host read): [loss, correct count, count of the most common prediction, logits' std across the batch, batch size]."""
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logits = logits.detach().to(dtype)  # (B, C)
     preds = logits.argmax(1)  # (B,)
     spread = logits.std(0).mean() if len(preds) > 1 else logits.new_ones(())
-    return torch.stack([loss.detach().float().reshape(()), (preds == targets).sum().float(),
-                        torch.bincount(preds, minlength=logits.shape[1]).max().float(), spread,
+    return torch.stack([loss.detach().to(dtype).reshape(()), (preds == targets).sum().to(dtype),
+                        torch.bincount(preds, minlength=logits.shape[1]).max().to(dtype), spread,
                         logits.new_tensor(float(len(preds)))])
 
 

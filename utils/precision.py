@@ -5,14 +5,19 @@ a CUDA GPU of compute capability 8.0 or newer), fp16 autocast with a gradient sc
 (Colab's T4: ``torch.cuda.is_bf16_supported()`` says True there, but only by emulation), fp32 otherwise.
 Only the forward pass runs in low precision: the parameters, the optimizer state, the BatchNorm
 statistics, the loss and the history stay fp32.
+
+``fp64`` is for checks, not for training: parameters, batches and the loss in float64, where the order in which
+a CPU's kernels sum moves a short run's numbers by about 1e-12 instead of fp32's 1e-3, so one recorded run can be
+compared on any CPU (``tests/test_recipes_unchanged.py``). It is several times slower than fp32.
 """
 from __future__ import annotations
 
 import contextlib
 
 import torch
+from torch import nn
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -50,10 +55,38 @@ class Precision:
         self.dtype = DTYPES.get(self.name)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.name == "fp16" else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.param_dtype = torch.float64 if self.name == "fp64" else torch.float32  # parameters, batches
+        self.loss_dtype = self.param_dtype  # the logits are cast to it before the loss
+
+    @contextlib.contextmanager
+    def building(self):
+        """Where a model is constructed: with fp64, float64 is the default dtype inside, so its initial weights are
+        drawn in float64 (float32 draws differ in their last bit between CPUs' vector kernels, and a short run
+        amplifies that to 1e-3); otherwise nothing changes."""
+        if self.param_dtype != torch.float64:
+            yield
+            return
+        before = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(before)
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` on the device in the memory format; with fp64 its parameters in float64, and a forward
+        pre-hook casts every floating input to float64, so any caller (checks, summary, range test, figures)
+        can pass the float32 batches it has."""
+        model = model.to(self.device, memory_format=self.memory_format)
+        if self.param_dtype == torch.float64:
+            model = model.to(torch.float64)
+            model.register_forward_pre_hook(_inputs_to_float64)
+        return model
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """A batch (B, 3, H, W) on the device, in the model's memory format."""
-        return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return x.to(self.device, non_blocking=True, memory_format=self.memory_format,
+                    dtype=self.param_dtype if x.is_floating_point() else None)
 
     def __repr__(self) -> str:
         fmt = ", channels_last" if self.memory_format == torch.channels_last else ""
@@ -96,3 +129,7 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def _inputs_to_float64(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)

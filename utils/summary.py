@@ -20,27 +20,30 @@ def model_summary(model: nn.Module, input_size=(1, 3, 32, 32), depth: int = 4):
     result = summary(probe, input_size=input_size, depth=depth, device="cpu", verbose=0,
                      col_names=("num_params", "kernel_size", "input_size", "output_size"),
                      row_settings=("var_names",))
-    result.mult_adds_per_image = mult_adds(probe, input_size)
+    result.mult_adds_per_image = mult_adds(probe, (max(2, input_size[0]), *input_size[1:]))  # torchinfo: eval mode
     return result
 
 
-def mult_adds(model: nn.Module, input_size=(1, 3, 32, 32)) -> float:
+def mult_adds(model: nn.Module, input_size=(2, 3, 32, 32)) -> float:
     """Multiply-adds of one image's forward pass, counted by ``torch.utils.flop_counter``: every matmul, linear
     layer (once per token) and convolution; the two attention products inside a fused attention kernel
     (``scaled_dot_product_attention`` on the CPU) are not counted (ViT-tiny on 32x32: 345.6 M of ~365 M).
     torchinfo counts a Linear layer once per image, not once per token, so it gives a ViT a small fraction of its
-    work (5.9 M); on conv nets both agree (ResNet18: 555.4 M). Counted in train mode (no gradients), where
-    torchvision's transformer layers take no fused fast path."""
+    work (5.9 M); on conv nets both agree (ResNet18: 555.4 M). Counted in eval mode on a batch of 2 (BatchNorm in
+    train mode refuses one value per channel: torchvision's resnet18 reaches 1x1 at 32x32) with
+    ``nn.MultiheadAttention``'s fused fast path off, so its products are counted; the model's mode is restored."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
+    was_training, fast_path = model.training, torch.backends.mha.get_fastpath_enabled()
     try:
-        model.train()
+        model.eval()
+        torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros(input_size))
     finally:
         model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fast_path)
     return counter.get_total_flops() / 2 / input_size[0]
 
 

@@ -92,7 +92,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, scheduler=No
             state.step += 1
             optimizer.zero_grad(set_to_none=True)
             with precision.autocast():
-                logits = model(x).float()  # (B, C), fp32 whatever the autocast dtype
+                logits = model(x).to(precision.loss_dtype)  # (B, C), fp32 whatever the autocast dtype (fp64: fp64)
             loss = criterion(logits, y)
             stats = batch_stats(F.cross_entropy(logits.detach(), y) if smoothed else loss, logits, y)
             pending.append((state.step, lr, stats))
@@ -121,13 +121,13 @@ def _stop(held: list[TrainingStopped], step: int) -> TrainingStopped:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader, precision: Precision | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C, fp32) and targets (N,) on the CPU for a whole loader, in eval mode."""
+    """Logits (N, C, fp32; fp64 under ``Precision("fp64")``) and targets (N,) on the CPU for a whole loader, in eval mode."""
     model.eval()
     precision = precision or Precision("fp32", _device_of(model))
     outputs, targets = [], []
     for x, y in loader:
         with precision.autocast():
-            outputs.append(model(precision.inputs(x)).float().cpu())
+            outputs.append(model(precision.inputs(x)).to(precision.loss_dtype).cpu())
         targets.append(y)
     return torch.cat(outputs), torch.cat(targets)
 
