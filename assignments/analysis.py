@@ -14,7 +14,7 @@ from torch import nn
 from utils import plots
 from utils.data import CLASSES, ImageSplit
 from utils.metrics import class_accuracy, class_accuracy_table, confusion, misclassified
-from utils.model_attention import model_attention
+from utils.model_attention import LOOKED_FOR, model_attention
 from utils.precision import Precision
 from utils.report import RunResult
 from utils.train import predict
@@ -133,10 +133,17 @@ class Analysis:
 
     def _attention_stats(self):
         if self.attention_kind is None:
-            self.log(f"attention: {self.result.model} has no Ultimus blocks and no self-attention layers")
+            self.log(f"attention: none found in {self.result.model} (looked for {LOOKED_FOR})")
+            return None
+        if self.result.checks.get("attention_maps") is not None:  # skipped once: said once
             return None
         if self._attention is None:
-            stats = self.attention_kind.stats(self.test_loader, self.probe(), len(CLASSES))
+            try:
+                stats = self.attention_kind.stats(self.test_loader, self.probe(), len(CLASSES))
+            except ValueError as e:  # e.g. tokens that are not a grid of positions: nothing to draw on the image
+                self.result.checks["attention_maps"] = f"skipped: {e}"
+                self.log(f"attention maps skipped: {e}")
+                return None
             self.result.tables["attention_maps"] = stats.table()
             self.result.checks["attention"] = stats.to_dict()
             self.log(stats.table())

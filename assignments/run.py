@@ -22,6 +22,7 @@ from utils.callbacks import EpochLog, History, Measure, ProgressBar, Saved
 from utils.checks import batch_independence, check_contract, returns_log_probs
 from utils.data import CLASSES, channel_stats, fingerprint, load_cifar10
 from utils.doctor import Doctor, TrainingStopped, batch_dependence_check, schedule_check
+from utils.model_attention import LOOKED_FOR
 from utils.lr import LRSearch, check_one_cycle_length, find_lr, one_cycle
 from utils.precision import Precision
 from utils.progress import say
@@ -220,10 +221,15 @@ class Run:
         starts from (a resumed run keeps its start's numbers)."""
         kind, res = self.analysis.attention_kind, self.result
         if kind is None:
+            self.log(f"attention: none found in {res.model} (looked for {LOOKED_FOR})")
             return []
         probe = self.analysis.probe()
-        res.checks["attention_entropy_start"] = (self.carried.attention_entropy_start if self.config.resume
-                                                 else kind.entropy(probe))
+        try:
+            start = kind.entropy(probe)
+        except (ValueError, RuntimeError) as e:  # attention of a shape the measurements do not read: train anyway
+            self.log(f"attention entropy not measured: {type(e).__name__}: {str(e).splitlines()[0]}")
+            return []
+        res.checks["attention_entropy_start"] = self.carried.attention_entropy_start if self.config.resume else start
         self.log(f"attention row entropy per {kind.unit} before training ({kind.uniform(probe)} is uniform): "
                  + ", ".join(f"{h:.3f}" for h in res.checks["attention_entropy_start"] or []))
         return [Measure("attention_entropy", lambda: kind.entropy(probe))]

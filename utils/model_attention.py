@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .attention import attention_stats, entropy_per_block, ultimus_blocks
+from .softmax_attention import has_softmax_attention, softmax_attention
 from .vit_attention import attention_layers, entropy_per_layer, rollout_maps, vit_attention
 
 
@@ -45,15 +46,17 @@ class UltimusAttention:
 
 
 class SelfAttention:
-    """Standard self-attention (timm ``Attention``, ``nn.MultiheadAttention``): the class token's attention on the
-    patch grid (:class:`utils.vit_attention.ViTAttention`) and its rollout on given images."""
+    """Softmax self-attention (timm ``Attention``, ``nn.MultiheadAttention``, a block calling
+    ``F.scaled_dot_product_attention`` or a softmax over (T, T) scores): what the grid of positions receives, the
+    class token's row or without one the mean row (:class:`utils.vit_attention.ViTAttention`), and its rollout
+    on given images."""
     unit = "layer"
 
     def __init__(self, model: nn.Module):
         self.model = model
 
     def uniform(self, probe: torch.Tensor) -> str:
-        tokens = vit_attention(self.model, probe[:1]).tokens
+        tokens = softmax_attention(self.model, probe[:2])[1][0].shape[-1]
         return f"ln {tokens} = {math.log(tokens):.3f}"
 
     def entropy(self, probe: torch.Tensor) -> list[float]:
@@ -80,9 +83,14 @@ class SelfAttention:
 
 
 def model_attention(model: nn.Module) -> UltimusAttention | SelfAttention | None:
-    """The adapter for ``model``'s attention: Ultimus blocks first (S9), then self-attention layers; else None."""
+    """The adapter for ``model``'s attention: Ultimus blocks first (S9), then known self-attention layers, then any
+    softmax attention a forward pass of two images makes; else None."""
     if ultimus_blocks(model):
         return UltimusAttention(model)
-    if attention_layers(model):
+    if attention_layers(model) or has_softmax_attention(model):
         return SelfAttention(model)
     return None
+
+
+LOOKED_FOR = ("softmax attention: timm/torchvision attention layers, nn.MultiheadAttention, "
+              "F.scaled_dot_product_attention calls and softmax over square (T, T) scores")

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .softmax_attention import softmax_attention
+
 
 def _is_timm_attention(m: nn.Module) -> bool:
     return all(hasattr(m, a) for a in ("qkv", "num_heads", "scale", "q_norm", "k_norm")) and \
@@ -72,15 +74,9 @@ def recording(model: nn.Module):
 
 
 def _record(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """Each layer's weights (N, heads, T, T) for ``images``, in eval mode without gradients (mode restored)."""
-    was_training = model.training
-    try:
-        model.eval()
-        with recording(model) as maps, torch.no_grad():
-            model(images.to(next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-    return [torch.cat(m) for m in maps]
+    """Each attention call's weights (N, heads, T, T) for ``images``, in eval mode without gradients (mode
+    restored), found by :func:`utils.softmax_attention.softmax_attention`."""
+    return softmax_attention(model, images)[1]
 
 
 def row_entropy(weights: torch.Tensor) -> float:
@@ -124,26 +120,36 @@ class ViTAttention:
         return {"layers": self.layers, "images": self.images, "entropy": self.entropy}
 
 
-def _class_token_grid(w: torch.Tensor) -> torch.Tensor:
-    """The class token's row over the patches, (..., T) -> (..., g, g)."""
-    g = math.isqrt(w.shape[-1] - 1)
-    if g * g != w.shape[-1] - 1:
-        raise ValueError(f"{w.shape[-1]} tokens are not a class token and a square grid of patches")
-    return w[..., 1:].reshape(*w.shape[:-1], g, g)
+def query_grid(w: torch.Tensor) -> torch.Tensor:
+    """What the image's positions receive, on their square grid: (..., T, T) -> (..., g, g). With a class token
+    (T = 1 + g*g) its row over the patches; without one (T = g*g: attention over a feature map's positions) the
+    mean row. Other token counts raise ValueError saying so."""
+    t = w.shape[-1]
+    g = math.isqrt(t - 1)
+    if g * g == t - 1:
+        return w[..., 0, 1:].reshape(*w.shape[:-2], g, g)
+    g = math.isqrt(t)
+    if g * g == t:
+        return w.mean(-2).reshape(*w.shape[:-2], g, g)
+    raise ValueError(f"{t} tokens are neither a square grid of positions nor a class token and such a grid")
 
 
 def vit_attention(model: nn.Module, images: torch.Tensor) -> ViTAttention:
     """:class:`ViTAttention` of ``model`` over ``images`` (normalised, N x 3 x H x W)."""
-    layers = attention_layers(model)
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no self-attention layer (timm Attention, nn.MultiheadAttention)")
-    weights = _record(model, images)  # per layer (N, h, T, T)
-    cls = torch.stack([_class_token_grid(w[:, :, 0]).mean(0) for w in weights])  # (layers, h, g, g)
-    return ViTAttention([n for n, _ in layers], cls, [round(row_entropy(w), 5) for w in weights],
-                        weights[0].shape[-1], len(images))
+    names, weights = softmax_attention(model, images)  # per attention call (N, h, T, T)
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no softmax attention (F.scaled_dot_product_attention, "
+                         f"nn.MultiheadAttention, a softmax over (T, T) scores)")
+    cls = [query_grid(w).mean(0) for w in weights]  # per layer (h, g, g)
+    if len({c.shape for c in cls}) > 1:
+        raise ValueError("its attention layers have different numbers of heads or tokens: "
+                         + ", ".join(f"{n} {tuple(w.shape[1:])}" for n, w in zip(names, weights)))
+    return ViTAttention(names, torch.stack(cls), [round(row_entropy(w), 5) for w in weights], weights[0].shape[-1],
+                        len(images))
 
 
 def rollout_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The class token's attention rollout on the patch grid for each image: (N, g, g), each map sums to 1."""
-    grid = _class_token_grid(rollout(_record(model, images))[:, 0])  # (N, g, g)
+    """The attention rollout on the grid of positions for each image (the class token's row, or the mean row
+    without one): (N, g, g), each map sums to 1."""
+    grid = query_grid(rollout(_record(model, images)))  # (N, g, g)
     return grid / grid.sum((1, 2), keepdim=True)
