@@ -96,16 +96,16 @@ def build(ex: Explorer, gallery_size: int = 10):
 
 
 def app(run, model=None, data_dir: str | None = None, host: str = "127.0.0.1", port: int | None = None,
-        share: bool = False, device: str = "cpu", block: bool = False):
-    """Serve the page for ``run`` (a :class:`assignments.run.Run` or a run folder); ``model``: your model's class
-    or factory for a run of your own recipe. Returns the Gradio page (``.close()`` stops it)."""
+        share: bool = False, device: str = "cpu", block: bool = False, model_name: str | None = None):
+    """Serve the page for ``run`` (a :class:`assignments.run.Run` or a run folder). The model: ``model`` (an
+    instance, or a class or factory called with no arguments), else ``model_name`` (``module:factory``, called
+    with the arguments the run recorded), else what the run recorded. Returns the Gradio page (``.close()``
+    stops it)."""
     if isinstance(run, (str, os.PathLike)):
         out, gallery_size = Path(run), 10
-    else:  # a Run: its folder, its gallery size and, for a recipe of your own, its model's class
+    else:  # a Run: its folder and gallery size (run.app() passes its trained model)
         out, gallery_size = run.out, run.config.gallery
-        if model is None and run.config.assignment is None:
-            model = type(run.model)
-    page = build(open_run(out, model, data_dir, device), gallery_size)
+    page = build(open_run(out, model, data_dir, device, model_name), gallery_size)
     import inspect
 
     css = {"css": CSS} if "css" in inspect.signature(page.launch).parameters else {}  # Gradio 6 takes it here
@@ -121,10 +121,14 @@ def main(argv=None) -> int:
     p.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs (default cpu)")
     p.add_argument("--data-dir", default=None, help="the run's data, if not where it trained")
+    p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                   help="your model's class or factory (imported from MODULE; called with the arguments the run "
+                        "recorded); default: what the run recorded, imported only from models/, timm or "
+                        "torchvision.models")
     args = p.parse_args(argv)
     try:
         app(args.run_dir, data_dir=args.data_dir, host=args.host, port=args.port, share=args.share,
-            device=args.device, block=True)
+            device=args.device, block=True, model_name=args.model)
     except (RunFolderError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from utils.gradcam import candidate_layers, default_target_layer, gradcam_maps
 from utils.metrics import misclassified
 from utils.model_attention import SelfAttention, UltimusAttention, model_attention
 
+from .model_source import ModelSourceError, rebuild
 from .outdir import CHECKPOINT
 from .recipes import recipe as builtin_recipe
 
@@ -123,9 +124,10 @@ class Explorer:
 
 
 def open_run(run_dir: str | Path, model: nn.Module | Callable[[], nn.Module] | None = None,
-             data_dir: str | None = None, device: str = "cpu") -> Explorer:
+             data_dir: str | None = None, device: str = "cpu", model_name: str | None = None) -> Explorer:
     """The :class:`Explorer` of the run in ``run_dir``: its model rebuilt (the built-in recipe it names, or
-    ``model``: a class, factory or instance of your own), its checkpoint's weights, its mean/std and test split
+    ``model``: a class, factory or instance of your own; else the factory the run recorded, or ``model_name``,
+    ``module:factory``), its checkpoint's weights, its mean/std and test split
     (from the data it trained on; ``data_dir`` points elsewhere). Anything missing or foreign is one line."""
     from utils.checkpoint import load_run_checkpoint
 
@@ -143,7 +145,7 @@ def open_run(run_dir: str | Path, model: nn.Module | Callable[[], nn.Module] | N
     config, recipe = extra.get("config") or {}, extra.get("recipe") or {}
     if not recipe.get("name"):
         raise RunFolderError(f"{path}: not a checkpoint of this repository's runs (no recipe in it)")
-    net = _build(model, config, recipe, path)
+    net = _build(model, model_name, config, extra, path)
     try:
         net.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -166,12 +168,17 @@ def open_run(run_dir: str | Path, model: nn.Module | Callable[[], nn.Module] | N
                     h[-1]["test_acc"] if h else None)
 
 
-def _build(model, config: dict, recipe: dict, path: Path) -> nn.Module:
+def _build(model, model_name: str | None, config: dict, extra: dict, path: Path) -> nn.Module:
+    """The run's model: ``model`` as given (an instance, or a class or factory called with no arguments), a
+    built-in recipe's, or what the checkpoint recorded (:mod:`assignments.model_source`; ``model_name``:
+    ``--model module:factory``)."""
     if isinstance(model, nn.Module):
         return model
     if model is not None:
         return model()
-    if config.get("assignment"):
+    if config.get("assignment") and model_name is None:
         return builtin_recipe(config["assignment"], config.get("variant", "spec")).model()
-    raise RunFolderError(f"{path}: a run of your own recipe {recipe['name']!r} ({recipe.get('model')}); pass its "
-                         f"model: app(out, model=MyNet) in Python")
+    try:
+        return rebuild(extra.get("model_source"), model_name)
+    except ModelSourceError as e:
+        raise RunFolderError(f"{path}: {e}") from None

@@ -8,6 +8,7 @@ in ``self.result`` (a ``utils.report.RunResult``), from which ``metrics.json`` a
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -36,6 +37,7 @@ from utils.train import fit
 from .analysis import Analysis
 from .build import batch_size, build_model, command, device_name, make_loaders, place, start_lines, stepping_module
 from .config import RunConfig, resolve_out
+from .model_source import describe
 from .outdir import CHECKPOINT, claim, release
 from .recipes import recipe as builtin_recipe
 from .resume import Carried, check_resumable
@@ -82,6 +84,7 @@ class Run:
             check_contract(self.model, len(CLASSES))  # one (B, 10) tensor: every later step relies on it
             mixing = batch_independence(self.model)
             log_probs = returns_log_probs(self.model)
+        self.model_source = describe(source)  # how the app rebuilds it: names and literals, or None
         self.step_model = stepping_module(self.model, self.world, self.device, c.compile)
         self.criterion = r.criterion()
         distributed.barrier()  # every rank has checked --out before rank 0 creates anything
@@ -122,6 +125,10 @@ class Run:
                                  self.result, self.log, self._save, log_probs)
         for line in start_lines(self, data, subset, instance=isinstance(source, nn.Module)):
             self.log(line)
+        if self.model_source is None:
+            self.log(f"the app cannot rebuild {type(self.model).__name__} from this run by itself (a lambda, a class "
+                     f"made in a notebook cell, or an instance with arguments): reopen it with run.app(), or "
+                     f"app(out, model=...) / python -m assignments.app OUT --model module:factory")
 
     def log(self, message: str) -> None:
         """Print ``message`` and append it to the run's log.txt (under torchrun: rank 0 only)."""
@@ -240,7 +247,7 @@ class Run:
         carried = Carried(res.max_lr, res.lr_search, tuple(res.commands), self._wall(),
                           res.checks.get("attention_entropy_start"))
         return carried.extra(config=res.config, recipe=res.recipe, identity=self.identity, mean=list(self.mean),
-                             std=list(self.std))
+                             std=list(self.std), model_source=self.model_source)
 
     # --- the trained model's figures: assignments.analysis.Analysis ---------------------------------
     def curves(self):
@@ -290,6 +297,7 @@ class Run:
         (installs nothing: ``pip install gradio`` first where it is missing)."""
         from .app import app
 
+        options.setdefault("model", copy.deepcopy(self.model))  # the trained module itself: nothing to rebuild
         return app(self, **options)
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from assignments.explore import open_run
+from assignments.explore import RunFolderError, open_run
 from assignments.run import Run
 from utils import AugmentSpec, Recipe
 
@@ -180,7 +180,72 @@ def test_every_step_runs_on_the_model_and_the_explorer_reopens_it(name, folder_d
         assert "attention: none found" in log
     m = json.loads((out / "metrics.json").read_text())
     assert m["history"][-1]["epoch"] == 1
-    ex = open_run(out, source)
+    recorded = run.model_source
+    if name == "instance":  # made with an argument: not recorded, the log says how to reopen it
+        assert recorded is None and "the app cannot rebuild WidthNet" in log
+        ex = open_run(out, source)
+    elif recorded["factory"].partition(":")[0] == "test_zoo":  # the user's own module: named, as with --model
+        with pytest.raises(RunFolderError, match="pass --model test_zoo:"):
+            open_run(out)
+        ex = open_run(out, model_name=recorded["factory"])
+    else:  # timm, torchvision: rebuilt from the checkpoint alone
+        ex = open_run(out)
     image = run.test_split.images[0]
     top = ex.top_k(ex.prepare(image)[0], 3)
     assert len(top) == 3
+
+
+@pytest.fixture(scope="module")
+def partial_run(folder_dir, tmp_path_factory):
+    recipe = Recipe("zoo partial", epochs=1, batch_size=16, optimizer="adam", augment=AugmentSpec(cutout=0))
+    run = Run(recipe=recipe, model=functools.partial(WidthNet, 12, p=0.1), data_dir=str(folder_dir), device="cpu",
+              out=str(tmp_path_factory.mktemp("zoo") / "partial"), subset=64, lr="1e-3", gallery=4)
+    assert run.run_all() == 0
+    return run
+
+
+def test_a_partial_is_recorded_as_names_and_literals_and_rebuilt_with_its_arguments(partial_run):
+    assert partial_run.model_source == {"factory": "test_zoo:WidthNet", "args": [12], "kwargs": {"p": 0.1}}
+    ex = open_run(partial_run.out, model_name="test_zoo:WidthNet")
+    assert ex.model.fc.in_features == 12 and ex.model.features[2].p == 0.1
+    x = partial_run.test_split.normalized([0, 1], partial_run.mean, partial_run.std)
+    with torch.no_grad():
+        torch.testing.assert_close(ex.model(x), partial_run.model.eval()(x))
+
+
+def _tampered(run, tmp_path, source: dict):
+    """A copy of ``run``'s folder whose checkpoint names ``source`` as its model."""
+    out = tmp_path / "tampered"
+    out.mkdir(parents=True)
+    state = torch.load(run.out / "checkpoint.pt", weights_only=True)
+    state["extra"]["model_source"] = source
+    torch.save(state, out / "checkpoint.pt")
+    return out
+
+
+def test_a_checkpoint_naming_code_outside_the_trusted_modules_is_refused_and_never_runs(partial_run, tmp_path):
+    canary = tmp_path / "ran"
+    for source in ({"factory": "os:system", "args": [f"touch {canary}"], "kwargs": {}},
+                   {"factory": "subprocess:getoutput", "args": [f"touch {canary}"], "kwargs": {}},
+                   {"factory": "models:__import__", "args": ["os"], "kwargs": {}}):
+        out = _tampered(partial_run, tmp_path / source["factory"].replace(":", "-"), source)
+        with pytest.raises(RunFolderError) as e:
+            open_run(out)
+        assert len(str(e.value).splitlines()) == 1
+        assert not canary.exists()
+    with pytest.raises(RunFolderError, match="not an nn.Module class or a function"):  # named, but not a model
+        open_run(_tampered(partial_run, tmp_path / "named", {"factory": "os:system", "args": [f"touch {canary}"],
+                                                             "kwargs": {}}), model_name="os:system")
+    assert not canary.exists()
+
+
+def test_the_app_command_names_a_bad_model_in_one_line(partial_run):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for name, message in (("no_such_module:Net", "cannot be imported here"), ("os;rm:x", "is not module:name")):
+        p = subprocess.run([sys.executable, "-m", "assignments.app", str(partial_run.out), "--model", name],
+                           capture_output=True, text=True, cwd=repo, timeout=120)
+        assert p.returncode == 1 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
