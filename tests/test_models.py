@@ -160,3 +160,15 @@ def test_the_operation_count_runs_models_that_reach_one_value_per_channel():
         for training in (True, False):
             model.train(training)
             assert mult_adds(model) > 0 and model.training == training
+
+
+def test_grad_cam_candidates_include_blocks_that_gate_a_feature_map():
+    """CBAM's output is the feature map it gates (its 1-channel spatial conv runs inside it): a candidate, and the
+    default layer when it is the last block of at least 8x8."""
+    from test_zoo import cbam_net
+    from utils.gradcam import candidate_layers, default_layer
+
+    model = cbam_net()  # conv-BN-ReLU-CBAM at 32x32, then at 16x16: "3" and "7" are the CBAM blocks
+    names = [layer.name for layer in candidate_layers(model)]
+    assert {"3", "7"} <= set(names)
+    assert default_layer(model).name == "7"

@@ -101,16 +101,17 @@ def _as_cam_layer(name: str, module: nn.Module, shape: tuple) -> CamLayer | None
 def candidate_layers(model: nn.Module, min_size: int = 8, input_size=(1, 3, 32, 32)) -> list[CamLayer]:
     """Every layer Grad-CAM can read, in forward order: feature maps of at least ``min_size`` x ``min_size``
     and the token outputs of LayerNorms whose tokens fold into a square grid. A 4-D output is a feature map when
-    it has the channels of the convolution (or BatchNorm2d) before it: a ViT's (B, heads, T, head dim) tensors
-    inside its attention are not."""
-    layers, channels = [], None
+    it has the channels of a convolution (or BatchNorm2d) before it: a block that gates a feature map (CBAM's
+    1-channel spatial attention inside it) is one, a ViT's (B, heads, T, head dim) tensors inside its attention
+    are not."""
+    layers, channels = [], set()
     for name, module, shape in layer_outputs(model, input_size):
         if isinstance(module, nn.Conv2d):
-            channels = module.out_channels
+            channels.add(module.out_channels)
         elif isinstance(module, nn.BatchNorm2d):
-            channels = module.num_features
+            channels.add(module.num_features)
         layer = _as_cam_layer(name, module, shape)
-        if layer is None or (layer.kind == "feature map" and (shape[1] != channels or min(layer.grid) < min_size)):
+        if layer is None or (layer.kind == "feature map" and (shape[1] not in channels or min(layer.grid) < min_size)):
             continue
         layers.append(layer)
     return layers
