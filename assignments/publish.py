@@ -4,12 +4,14 @@ until published). Only those links change; the notebooks' outputs and everything
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NAME = re.compile(r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$")
+NAME = re.compile(r"[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}")  # with fullmatch: no trailing newline
 # the two places a repository is named: a Colab badge's link and the first cell's REPO_URL
 LINKS = (re.compile(r"(colab\.research\.google\.com/github/)([A-Za-z0-9-]+/[A-Za-z0-9._-]+)(/blob/)"),
          re.compile(r"(REPO_URL = \\?\"https://github\.com/)([A-Za-z0-9-]+/[A-Za-z0-9._-]+?)(\\?\")"))
@@ -21,19 +23,25 @@ def files(root: Path) -> list[Path]:
 
 def publish(name: str, root: Path = REPO) -> dict[str, int]:
     """Rewrite the links in ``root``'s README and notebooks to ``name`` (USER/REPO); returns changes per file."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name) or name.split("/")[1] in (".", ".."):
         raise ValueError(f"expected USER/REPO as GitHub spells them (e.g. jane/cifar10-lab); got {name!r}")
+    present = [path for path in files(root) if path.is_file()]
+    if not root.is_dir() or not present:
+        raise ValueError(f"--root {root} is not a checkout of this repository (no README.md or "
+                         f"assignments/*.ipynb in it)")
     changed = {}
-    for path in files(root):
-        if not path.is_file():
-            continue
+    for path in present:
         text = path.read_text()
         count = 0
         for pattern in LINKS:
             text, n = pattern.subn(lambda m: m.group(1) + name + m.group(3), text)
             count += n
         if count:
-            path.write_text(text)
+            if path.suffix == ".ipynb":
+                json.loads(text)  # the rewritten notebook is still a notebook, or nothing is written
+            tmp = path.with_name(f".{path.name}.publish")
+            tmp.write_text(text)
+            os.replace(tmp, path)
             changed[str(path.relative_to(root))] = count
     return changed
 

@@ -1,6 +1,7 @@
 """The Colab student's path: a first cell that fails early and in one line on a placeholder or a failed clone,
 one command that points every badge and REPO_URL at a fork, quick checks that train instead of diverging,
 and a divergence the doctor names whatever the step count."""
+import json
 import os
 import shutil
 import subprocess
@@ -372,8 +373,58 @@ def test_keep_zips_the_run_and_downloads_it_in_colab_or_copies_it_to_drive(tmp_p
     assert calls == [("download", str(archive))] and archive == tmp_path / "runs" / "S9-x.zip"
     with zipfile.ZipFile(archive) as z:
         assert sorted(z.namelist()) == ["S9-x/curves.png", "S9-x/log.txt", "S9-x/metrics.json", "S9-x/report.md"]
-    kept = keep_run(out, to_drive=True, drive_dir=str(tmp_path / "drive"))
-    assert calls[-1] == ("mount", "/content/drive") and kept == tmp_path / "drive" / "S9-x.zip" and kept.is_file()
+    first = archive.read_bytes()
+    kept = keep_run(out, to_drive=True, drive_dir=str(tmp_path / "drive"))  # a second zip: S9-x-2.zip
+    assert calls[-1] == ("mount", "/content/drive") and kept == tmp_path / "drive" / "S9-x-2.zip" and kept.is_file()
     monkeypatch.delitem(sys.modules, "google.colab")
     calls.clear()
-    assert keep_run(out) == archive and calls == []  # outside Colab: nothing offered, the path printed
+    assert keep_run(out) == tmp_path / "runs" / "S9-x-3.zip" and calls == []  # outside Colab: the path printed
+    assert archive.read_bytes() == first  # an earlier zip is never replaced
+
+
+def test_keep_refuses_what_is_not_a_run_folder_and_names_the_local_zip_when_drive_fails(tmp_path, monkeypatch,
+                                                                                         capsys):
+    import types
+
+    from utils.keep import keep_run
+
+    (tmp_path / "a-file").write_text("x")
+    for bad in (tmp_path / "nowhere", tmp_path / "a-file", tmp_path / "no" / "parent"):
+        with pytest.raises(ValueError, match="is not a run folder") as e:
+            keep_run(bad)
+        assert len(str(e.value).splitlines()) == 1
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.txt").write_text("log")
+    monkeypatch.chdir(out)
+    assert keep_run(".") == tmp_path / "run.zip"  # "." is the folder it names, not ".zip"
+    keep_run(out, to_drive=True)
+    assert "to_drive needs Colab's Google Drive: ignored here" in capsys.readouterr().out
+
+    def refuse(where):
+        raise OSError("mount failed")
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=refuse)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    local = keep_run(out, to_drive=True, drive_dir=str(tmp_path / "drive"))
+    assert local.parent == tmp_path and local.is_file()
+    assert f"OSError: mount failed; the run is zipped in {local}" in capsys.readouterr().out
+
+
+def test_publish_refuses_a_bad_name_or_root_in_one_line_and_leaves_every_file_as_it_was(tmp_path):
+    from assignments.publish import main as publish
+
+    root = tmp_path / "checkout"
+    shutil.copytree(REPO / "assignments", root / "assignments", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "README.md", root / "README.md")
+    before = {p: p.read_bytes() for p in [root / "README.md", *(root / "assignments").glob("*.ipynb")]}
+    (tmp_path / "a-file").write_text("x")
+    for args in (["jane/repo\n", "--root", root], ["jane/..", "--root", root], ["jane/.", "--root", root],
+                 ["jane/repo", "--root", tmp_path / "no-such-dir"], ["jane/repo", "--root", tmp_path / "a-file"]):
+        assert publish([str(a) for a in args]) == 1, args
+    assert {p: p.read_bytes() for p in before} == before
+    assert publish(["jane/cifar10-lab", "--root", str(root)]) == 0
+    for p in before:
+        if p.suffix == ".ipynb":
+            assert "https://github.com/jane/cifar10-lab" in json.dumps(json.loads(p.read_text()))

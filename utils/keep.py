@@ -11,34 +11,52 @@ DRIVE_DIR = f"{DRIVE}/MyDrive/cifar10-runs"
 
 
 def zip_run(out: str | Path) -> Path:
-    """``out`` as ``out.zip`` beside it: every file of the run (report.md, log.txt, metrics.json, the figures,
-    the checkpoint) under the folder's name, the lock file left out."""
-    out = Path(out)
-    archive = out.with_name(out.name + ".zip")
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+    """``out`` as ``out.zip`` beside it (``out-2.zip``, ``out-3.zip`` ... where that exists: an earlier zip is
+    never replaced): every file of the run (report.md, log.txt, metrics.json, the figures, the checkpoint) under
+    the folder's name, the lock file left out. A path that is not a folder is a ValueError naming it."""
+    out = Path(out).resolve()
+    if not out.is_dir():
+        raise ValueError(f"keep_run: {out} is not a run folder ({'a file' if out.exists() else 'no such folder'})")
+    archive, n = out.with_name(out.name + ".zip"), 1
+    while archive.exists():
+        n += 1
+        archive = out.with_name(f"{out.name}-{n}.zip")
+    partial = archive.with_name(archive.name + ".partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
         for path in sorted(out.rglob("*")):
             if path.is_file() and path.name != ".lock":
                 z.write(path, Path(out.name) / path.relative_to(out))
+    partial.rename(archive)
     return archive
 
 
 def keep_run(out: str | Path, to_drive: bool = False, drive_dir: str = DRIVE_DIR) -> Path:
     """Zip the run (:func:`zip_run`); in Colab offer it as a download, or with ``to_drive`` copy it into
-    ``drive_dir`` on Google Drive (mounted on first use); elsewhere print where folder and zip are. Returns
-    the zip's path (the copy's, with ``to_drive``)."""
+    ``drive_dir`` on Google Drive (mounted on first use; if that fails, the local zip is named); elsewhere print
+    where folder and zip are. Returns the zip's path (the copy's, with ``to_drive``)."""
     import shutil
 
     archive = zip_run(out)
     if "google.colab" not in sys.modules:
-        print(f"the run is in {out}/ and {archive}")
+        ignored = " (to_drive needs Colab's Google Drive: ignored here)" if to_drive else ""
+        print(f"the run is in {archive.with_suffix('')}/ and {archive}{ignored}")
         return archive
     if to_drive:
         from google.colab import drive
 
-        drive.mount(DRIVE)
-        target = Path(drive_dir)
-        target.mkdir(parents=True, exist_ok=True)
-        kept = Path(shutil.copy(archive, target / archive.name))
+        try:
+            drive.mount(DRIVE)
+            target = Path(drive_dir)
+            target.mkdir(parents=True, exist_ok=True)
+            kept, n = target / archive.name, 1
+            while kept.exists():  # a zip kept earlier stays
+                n += 1
+                kept = target / f"{archive.stem}-{n}.zip"
+            kept = Path(shutil.copy(archive, kept))
+        except Exception as e:  # noqa: BLE001  (Drive refused or is full: the local zip is still there)
+            print(f"Google Drive: {type(e).__name__}: {e}; the run is zipped in {archive} (download it from the "
+                  f"file browser)")
+            return archive
         print(f"copied {archive} to {kept} (Google Drive)")
         return kept
     from google.colab import files
