@@ -31,17 +31,20 @@ def analyze(ex: Explorer, image, k: int, cam_on: bool, layer: str | None, opacit
     attention figure or None)."""
     if image is None:
         return None, None, "Upload an image or pick an example.", None
-    image32, note = ex.prepare(image)
-    top = ex.top_k(image32, int(k))
+    try:
+        image32, note = ex.prepare(image)
+        top = ex.top_k(image32, int(k))
+    except ValueError as e:  # an image it cannot read, a k out of range: said on the page
+        return None, None, f"**Cannot use this input:** {e}", None
     lines = [f"**{top[0][0]}** (p = {top[0][1]:.2f})"] + ([f"Input {note}."] if note else [])
     cam = None
     if cam_on:
         if not ex.layers:
             lines.append(f"Grad-CAM: {type(ex.model).__name__} has no feature map or token grid to read.")
         else:
-            target = CLASSES.index(top[0][0]) if cam_class in (None, PREDICTED) else CLASSES.index(cam_class)
+            target = top[0][0] if cam_class in (None, PREDICTED) else cam_class  # a name: checked by ex.gradcam
             cam = overlay(image32, ex.gradcam(image32, target, layer), opacity)
-            lines.append(f"Grad-CAM of **{CLASSES[target]}** at `{layer or ex.default_layer}`.")
+            lines.append(f"Grad-CAM of **{target}** at `{layer or ex.default_layer}`.")
     return dict(top), cam, "  \n".join(lines), ex.attention(image32)
 
 

@@ -47,11 +47,35 @@ class Explorer:
 
     # --- one image ----------------------------------------------------------------------------------
     def prepare(self, image) -> tuple[np.ndarray, str]:
-        """Any image (array H x W x C or PIL) as 32x32 RGB uint8, and a note saying what was changed."""
+        """Any image (PIL, or an array H x W or H x W x 1|3|4 of uint8, of 16-bit integers, or of floats in
+        [0, 1]) as 32x32 RGB uint8, and a note saying what was changed. 16-bit and float images are scaled to
+        8 bits (Pillow's own conversion would clip a 16-bit photo to white); anything else is a ValueError."""
         from PIL import Image
 
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
         notes = []
+        if isinstance(image, Image.Image) and image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            image = np.asarray(image)  # 16/32-bit integers or floats: scaled below
+        if not isinstance(image, Image.Image):
+            arr = np.asarray(image)
+            if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)) or arr.size == 0:
+                raise ValueError(f"an image is H x W or H x W x 1, 3 or 4 values; got shape {arr.shape}")
+            arr = arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
+            if arr.dtype.kind == "f":
+                if not np.isfinite(arr).all():
+                    raise ValueError("the image has values that are not finite (NaN or inf)")
+                top = 1.0 if arr.max() <= 1.0 else 255.0
+                arr = (arr.clip(0, top) * (255.0 / top)).round().astype(np.uint8)
+                notes.append(f"scaled from floats in [0, {top:g}] to 8 bits")
+            elif arr.dtype.kind in "iu" and arr.dtype != np.uint8:
+                bits = 16 if arr.max(initial=0) <= 65535 else 32
+                arr = (arr.clip(0, 2 ** bits - 1) >> (bits - 8)).astype(np.uint8) if arr.max(initial=0) > 255 \
+                    else arr.clip(0, 255).astype(np.uint8)
+                notes.append(f"scaled from {bits}-bit values to 8 bits")
+            elif arr.dtype != np.uint8:
+                raise ValueError(f"an image has integer or float values; got {arr.dtype}")
+            pil = Image.fromarray(arr)
+        else:
+            pil = image
         if pil.mode != "RGB":
             notes.append(f"converted from {pil.mode} to RGB")
             pil = pil.convert("RGB")
@@ -73,12 +97,23 @@ class Explorer:
 
     def top_k(self, image32: np.ndarray, k: int) -> list[tuple[str, float]]:
         """The ``k`` most probable classes with their probabilities, most probable first."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(CLASSES):
+            raise ValueError(f"k (how many top classes) must be 1 to {len(CLASSES)}; got {k!r}")
         p = self.probabilities(image32)
         order = np.argsort(-p, kind="stable")[:k]
         return [(CLASSES[i], float(p[i])) for i in order]
 
-    def gradcam(self, image32: np.ndarray, target: int, layer: str | None = None) -> np.ndarray:
-        """Grad-CAM map (32, 32) in [0, 1] of class ``target`` at ``layer`` (default: the run's)."""
+    def gradcam(self, image32: np.ndarray, target: int | str, layer: str | None = None) -> np.ndarray:
+        """Grad-CAM map (32, 32) in [0, 1] of class ``target`` (an index or a class name) at ``layer`` (default:
+        the run's; one of ``layers``)."""
+        if isinstance(target, str):
+            if target not in CLASSES:
+                raise ValueError(f"Grad-CAM class must be one of {', '.join(CLASSES)}; got {target!r}")
+            target = CLASSES.index(target)
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < len(CLASSES):
+            raise ValueError(f"Grad-CAM class must be 0 to {len(CLASSES) - 1} or a class name; got {target!r}")
+        if layer is not None and layer not in self.layers:
+            raise ValueError(f"Grad-CAM layer must be one of {', '.join(self.layers)}; got {layer!r}")
         return gradcam_maps(self.model, self.tensor(image32), [target], layer or self.default_layer,
                             self.log_probs)[0]
 

@@ -10,6 +10,8 @@ def overlay(image32: np.ndarray, cam: np.ndarray, opacity: float, scale: int = 8
     1: the map), both enlarged ``scale`` x by repeating pixels, so the map stays aligned with the image."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
+    if not 0 <= float(opacity) <= 1:
+        raise ValueError(f"opacity must be 0 to 1; got {opacity!r}")
     img = image32.astype(np.float32) / 255
     mixed = show_cam_on_image(img, cam, use_rgb=True, image_weight=1 - float(opacity))  # (32, 32, 3) uint8
     return mixed.repeat(scale, 0).repeat(scale, 1)

@@ -1,6 +1,7 @@
 """The explorer of a trained run (assignments.explore, assignments.app): its answers equal the run's own (the
 model called directly, the run's Grad-CAM, the run's gallery), a folder it cannot open is one line, and the page
 works in a real browser."""
+import re
 import shutil
 import subprocess
 import sys
@@ -101,3 +102,29 @@ def test_the_page_predicts_an_uploaded_image_and_shows_grad_cam_in_a_browser(tra
     assert "Grad-CAM of" in shown["note"] and "resized from 64x64 to 32x32" in shown["note"]
     assert "Error" not in shown["body"]
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_the_explorer_scales_16_bit_and_float_images_and_refuses_bad_arguments_in_one_line(trained, tmp_path):
+    from PIL import Image
+
+    ex = open_run(trained.out)
+    photo = trained.test_split.images[3]  # (32, 32, 3) uint8
+    grey16 = (photo.mean(2) * 257).astype(np.uint16)  # a 16-bit greyscale PNG of the same picture
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    opened = Image.open(tmp_path / "grey16.png")
+    assert opened.mode.startswith("I")
+    image32, note = ex.prepare(opened)
+    assert "8 bits" in note and (image32 == 255).mean() < 0.5  # not a white square
+    assert np.abs(image32[..., 0].astype(int) - photo.mean(2)).max() <= 1
+    as_float, note = ex.prepare(photo.astype(np.float32) / 255)  # H x W x 3 floats in [0, 1]
+    assert np.abs(as_float.astype(int) - photo).max() <= 1 and "floats" in note
+    bad = [(lambda: ex.top_k(image32, 0), "k (how many top classes) must be 1 to 10; got 0"),
+           (lambda: ex.gradcam(image32, "zebra"), "Grad-CAM class must be one of airplane"),
+           (lambda: ex.gradcam(image32, 0, "no.such.layer"), "Grad-CAM layer must be one of"),
+           (lambda: ex.prepare(np.zeros((4, 4, 7))), "got shape (4, 4, 7)")]
+    from assignments.explore_plots import overlay
+    bad.append((lambda: overlay(image32, np.zeros((32, 32), np.float32), 5), "opacity must be 0 to 1; got 5"))
+    for call, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message)) as e:
+            call()
+        assert len(str(e.value).splitlines()) == 1
