@@ -227,6 +227,10 @@ def resolve_out(config: RunConfig, name: str) -> Resolved:
         theirs = started.get("assignment") or f"a run of recipe {saved.get('recipe', {}).get('name')!r}"
         raise OutError(f"--resume: {out} holds {theirs}, not {config.assignment or 'this recipe'}'s run; "
                        f"pass the --out of a {config.assignment or 'this recipe'} run")
+    planned = planned_epochs(state)
+    if planned is not None and state.get("epoch", 0) >= planned:  # nothing to continue: its files stay as they are
+        raise OutError(f"--resume: {out} is finished ({state['epoch']} of {planned} epochs); to train longer, start a "
+                       f"new run with more --epochs (and another --out); to look at it: python -m assignments.app {out}")
     keep = {k: started[k] for k in RESUMED if k in started}
     defaults = RunConfig()
     ignored = tuple(f"{k}={getattr(config, k)!r}" for k, v in keep.items()

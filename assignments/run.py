@@ -60,6 +60,9 @@ class Run:
             raise ValueError("Run needs assignment='S7'|'S8'|'S9' or recipe=Recipe(...) with a model")
         if recipe is not None and not isinstance(recipe, Recipe):
             raise ValueError(f"Run: recipe must be a utils.Recipe; got {type(recipe).__name__}")
+        if recipe is not None and config.assignment is not None:
+            raise ValueError(f"Run: pass assignment={config.assignment!r} (a built-in recipe) or recipe=Recipe(...), "
+                             f"not both")
         self.device, self.world = place(config)  # the device; under torchrun this process's rank
         # the out folder; a resume reads its checkpoint (the schedule and data it started with) and names the
         # options it cannot change (under torchrun rank 0 decides and the others take its answer)

@@ -262,10 +262,40 @@ def test_resume_of_another_assignment_s_run_is_one_line_and_changes_nothing(s9_r
 @pytest.mark.slow
 def test_resume_on_other_data_is_one_line_and_changes_nothing(s9_run, tmp_path):
     other = write_batches(tmp_path / "other", colour_task(300, 100, seed=7))
-    before = snapshot(s9_run)
-    p = cli("S9", "--data-dir", other, "--out", s9_run, "--resume")
+    unfinished = _unfinished(s9_run, tmp_path / "unfinished")
+    before = snapshot(unfinished)
+    p = cli("S9", "--data-dir", other, "--out", unfinished, "--resume")
     assert p.returncode == 1 and "the data differ from the run's" in one_line(p)
+    assert snapshot(unfinished) == before
+
+
+def _unfinished(run: Path, out: Path) -> Path:
+    """A copy of a finished 1-epoch run whose checkpoint plans 2 epochs: a run --resume may continue."""
+    import shutil
+
+    shutil.copytree(run, out)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["extra"]["config"]["epochs"] = 2
+    torch.save(state, out / "checkpoint.pt")
+    return out
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_is_one_line_and_changes_nothing(s9_run, data_dir):
+    before = snapshot(s9_run)
+    p = cli("S9", "--data-dir", data_dir, "--out", s9_run, "--resume")
+    assert p.returncode == 1 and f"--resume: {s9_run} is finished (1 of 1 epochs); to train longer" in one_line(p)
     assert snapshot(s9_run) == before
+
+
+def test_a_built_in_assignment_and_a_recipe_together_are_refused_in_one_line(tmp_path):
+    from assignments.run import Run
+    from utils import Recipe
+
+    with pytest.raises(ValueError, match="pass assignment='S8' .* or recipe=Recipe") as e:
+        Run(assignment="S8", recipe=Recipe("X", epochs=1, batch_size=8), model=torch.nn.Linear(1, 1),
+            out=str(tmp_path / "x"))
+    assert len(str(e.value).splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
