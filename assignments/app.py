@@ -10,10 +10,14 @@ publicly only with ``--share``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+import torch
 
 from utils.data import CLASSES
 from utils.model_attention import model_attention
@@ -62,6 +66,7 @@ def build(ex: Explorer, gallery_size: int = 10):
     if ex.layers:  # the first Grad-CAM imports pytorch-grad-cam (seconds): before the page is served
         ex.gradcam(ex.examples()[0], 0)
     examples = Path(tempfile.mkdtemp(prefix="cifar10-examples-"))
+    atexit.register(shutil.rmtree, examples, ignore_errors=True)  # the page's example files go with the process
     paths = []
     for c, img in zip(CLASSES, ex.examples()):
         Image.fromarray(img).resize((128, 128), Image.NEAREST).save(examples / f"{c}.png")
@@ -116,11 +121,23 @@ def app(run, model=None, data_dir: str | None = None, host: str = "127.0.0.1", p
     return page
 
 
+def port_number(text: str) -> int:
+    """A TCP port from the command line, 1 to 65535 (argparse says the error in one line)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535; got {text!r}")
+    return port
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m assignments.app", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a run's out folder (with checkpoint.pt)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    p.add_argument("--port", type=port_number, default=None,
+                   help="port (default: Gradio's, 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs (default cpu)")
     p.add_argument("--data-dir", default=None, help="the run's data, if not where it trained")
@@ -129,12 +146,25 @@ def main(argv=None) -> int:
                         "recorded); default: what the run recorded, imported only from models/, timm or "
                         "torchvision.models")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA GPU here; use --device cpu (the page runs one image at a time)",
+              file=sys.stderr)
+        return 1
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: --host {args.host} serves the page to every machine that can reach this one; it has no "
+              f"password", file=sys.stderr)
     try:
         app(args.run_dir, data_dir=args.data_dir, host=args.host, port=args.port, share=args.share,
             device=args.device, block=True, model_name=args.model)
-    except (RunFolderError, OSError) as e:
+    except RunFolderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # e.g. the port is taken: Gradio's threads would keep the process alive
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__} (--host {args.host}, --port "
+              f"{args.port or 'default'})", file=sys.stderr)
+        sys.stderr.flush()
+        atexit._run_exitfuncs()
+        os._exit(1)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -194,7 +194,10 @@ def open_run(run_dir: str | Path, model: nn.Module | Callable[[], nn.Module] | N
     mean, std = extra.get("mean"), extra.get("std")
     if mean is None:  # a checkpoint without them: computed as the run computed them, from its training split
         mean, std = channel_stats(data.train.images)
-    test = data.test.subset(config.get("subset"), config.get("seed", 1))  # the run's own test split
+    subset, seed = config.get("subset"), config.get("seed", 1)
+    if not (subset is None or type(subset) is int and subset > 0) or type(seed) is not int:
+        raise RunFolderError(f"{path}: its config's subset {subset!r} or seed {seed!r} is not a positive whole number")
+    test = data.test.subset(subset, seed)  # the run's own test split
     with torch.random.fork_rng(devices=[]):
         log_probs = returns_log_probs(net)
     h = state["history"]
@@ -212,7 +215,10 @@ def _build(model, model_name: str | None, config: dict, extra: dict, path: Path)
     if model is not None:
         return model()
     if config.get("assignment") and model_name is None:
-        return builtin_recipe(config["assignment"], config.get("variant", "spec")).model()
+        try:
+            return builtin_recipe(config["assignment"], config.get("variant", "spec")).model()
+        except ValueError as e:  # a checkpoint whose config names no built-in recipe
+            raise RunFolderError(f"{path}: its config is not one of this repository's runs: {e}") from None
     try:
         return rebuild(extra.get("model_source"), model_name)
     except ModelSourceError as e:

@@ -128,3 +128,25 @@ def test_the_explorer_scales_16_bit_and_float_images_and_refuses_bad_arguments_i
         with pytest.raises(ValueError, match=re.escape(message)) as e:
             call()
         assert len(str(e.value).splitlines()) == 1
+
+
+def test_the_app_command_refuses_a_bad_port_device_or_tampered_config_in_one_line(trained, tmp_path):
+    cases = [(["--port", "99999"], 2, "argument --port: must be a port number from 1 to 65535; got '99999'")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], 1, "--device cuda: no CUDA GPU here"))
+    for config, message in (({"assignment": "S99"}, "assignment must be one of S7, S8, S9"),
+                            ({"variant": "bogus"}, "--variant must be one of"),
+                            ({"subset": "abc"}, "subset 'abc' or seed 1 is not a positive whole number")):
+        out = tmp_path / "-".join(config)
+        out.mkdir()
+        state = torch.load(trained.out / "checkpoint.pt", weights_only=True)
+        state["extra"]["config"].update(config)
+        torch.save(state, out / "checkpoint.pt")
+        cases.append(([str(out)], 1, message))
+    for args, code, message in cases:
+        args = args if args[0].startswith("/") else [str(trained.out), *args]
+        p = subprocess.run([sys.executable, "-m", "assignments.app", *args], capture_output=True, text=True,
+                           cwd=REPO, timeout=120)
+        errors = [line for line in p.stderr.strip().splitlines() if "error" in line]  # argparse adds its usage
+        assert p.returncode == code and message in p.stderr and len(errors) == 1, p.stderr
+        assert "Traceback" not in p.stderr and (code == 2 or len(p.stderr.strip().splitlines()) == 1), p.stderr
