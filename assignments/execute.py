@@ -91,7 +91,11 @@ def _parameters_cell(nb, source) -> int:
 
 def notebook_parameters(nb, source) -> dict:
     """The names the parameters cell assigns, with their default values (None where not a literal)."""
-    tree = ast.parse(nb.cells[_parameters_cell(nb, source)].source)
+    try:
+        tree = ast.parse(nb.cells[_parameters_cell(nb, source)].source)
+    except SyntaxError as e:
+        raise ValueError(f"{source}: its parameters cell does not parse (line {e.lineno}: {e.msg}); fix that "
+                         f"cell") from None
     names = {}
     for node in tree.body:
         if isinstance(node, ast.Assign):

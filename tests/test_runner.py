@@ -114,3 +114,15 @@ def test_the_template_with_a_model_written_by_its_own_cell_runs_and_trains_that_
         (REPO / "models" / f"{name}.py").unlink(missing_ok=True)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["model"] == "MyNet" and len(metrics["history"]) == 2
+
+
+def test_a_parameters_cell_that_does_not_parse_is_one_line_before_the_notebook_starts(tmp_path, capsys):
+    from assignments.execute import main
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("EPOCHS = = 1", metadata={"tags": ["parameters"]})]
+    nbformat.write(nb, tmp_path / "broken.ipynb")
+    code = main([str(tmp_path / "broken.ipynb"), "--set", "EPOCHS=1", "--output", str(tmp_path / "o.ipynb")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "its parameters cell does not parse (line 1: invalid syntax)" in lines[0]
+    assert not (tmp_path / "o.ipynb").exists()
