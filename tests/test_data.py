@@ -61,6 +61,15 @@ def _tree(tmp_path, n=2):
     return tmp_path
 
 
+def _png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize("case, pattern", [
     ("missing", "no such directory"),
     ("unrecognised", "unrecognised layout"),
@@ -68,6 +77,7 @@ def _tree(tmp_path, n=2):
     ("wrong_size", "expected a 32x32 RGB image; got 40x32 RGB"),
     ("grayscale", "expected a 32x32 RGB image; got 32x32 L"),
     ("undecodable", "cannot be decoded"),
+    ("bomb", r"huge.png: cannot be decoded as an image \(Image size \(256000000 pixels\) exceeds limit"),
     ("empty_split", "test/airplane: no images of class 'airplane'"),
     ("missing_class", "train: no folder for class 'truck'"),
     ("class_is_a_file", "train/truck: a file, not a folder of truck images"),
@@ -89,6 +99,8 @@ def test_bad_input_raises_one_clear_line(tmp_path, case, pattern):
         Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "test" / "airplane" / "g.png")
     elif case == "undecodable":
         (root / "train" / "airplane" / "broken.jpg").write_bytes(b"not a jpeg")
+    elif case == "bomb":  # a PNG header that says 16000 x 16000 (PIL refuses it at open: a decompression bomb)
+        (root / "train" / "airplane" / "huge.png").write_bytes(_png_header(16000, 16000))
     elif case == "empty_split":
         for c in CLASSES[:2]:
             for f in (root / "test" / c).iterdir():

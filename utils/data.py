@@ -195,13 +195,12 @@ def _from_folder(split_dir: Path) -> tuple[ImageSplit, list[str]]:
             raise DataError(f"{class_dir}: no images of class {name!r}")
         for path in files:
             try:
-                with Image.open(path) as im:
-                    mode, size = im.mode, im.size
+                with Image.open(path) as im:  # reads the header only: size and mode before any pixel is decoded
+                    if im.mode != "RGB" or im.size != (32, 32):
+                        raise DataError(f"{path}: expected a 32x32 RGB image; got {im.size[0]}x{im.size[1]} {im.mode}")
                     arr = np.asarray(im.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as e:
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
                 raise DataError(f"{path}: cannot be decoded as an image ({e})") from None
-            if mode != "RGB" or size != (32, 32):
-                raise DataError(f"{path}: expected a 32x32 RGB image; got {size[0]}x{size[1]} {mode}")
             images.append(arr)
             labels.append(CLASSES.index(name))
     notes = [f"{split_dir}: {nested} file(s) in folders below the class folders were not read (only "
