@@ -321,7 +321,7 @@ class Run:
                 self.train()
             except TrainingStopped as e:
                 stopped = True
-                self.log(f"STOPPED: {e}; the last good checkpoint is {self.out / CHECKPOINT}")
+                self.log(f"STOPPED: {e}; {self._last_good()}")
             if self.world.main and self.result.history:  # under torchrun rank 0 draws and writes the rest
                 for figure in (self.curves, self.class_accuracy, self.confusion, self.misclassified, self.gradcam):
                     figure()
@@ -329,10 +329,24 @@ class Run:
                     self.attention()
                     self.attention_entropy()
             if self.world.main:
-                self.log(f"wrote {self.report()} and metrics.json, log.txt, checkpoint.pt, *.png in {self.out}")
+                report = self.report()
+                files = sorted(p.name for p in self.out.iterdir() if p.is_file() and p.suffix in (".json", ".txt", ".pt"))
+                self.log(f"wrote {report} and {', '.join(files)}, *.png in {self.out}")
             return 2 if stopped else 0
         finally:
             self.close()
+
+    def _last_good(self) -> str:
+        """After a stop: which checkpoint holds the last good epoch (its weights are put back into the model, so
+        the figures and the report describe it), or that there is none."""
+        if not self.result.history:
+            return "no epoch was checkpointed: nothing to resume or draw"
+        epoch = self.result.history[-1]["epoch"]  # the history holds exactly the epochs on disk
+        if not all(v.isfinite().all() for v in self.model.state_dict().values() if v.is_floating_point()):
+            saved = torch.load(self.out / CHECKPOINT, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(saved["model"])
+            self.analysis.trained()
+        return f"the last good checkpoint is {self.out / CHECKPOINT} (epoch {epoch}); the figures show it"
 
     @property
     def history(self) -> list[dict]:

@@ -371,3 +371,21 @@ def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_last_checkpoint
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and not list(out.glob(".checkpoint.pt.*.tmp"))
     assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["history"]] == [1]
+
+
+@pytest.mark.slow
+def test_a_run_the_doctor_stops_writes_its_report_and_names_only_a_checkpoint_that_exists(data_dir, tmp_path):
+    from utils.checkpoint import load_run_checkpoint
+
+    out = tmp_path / "stopped"
+    p = cli("S9", "--data-dir", data_dir, "--subset", 160, "--batch-size", 16, "--epochs", 2, "--lr", "1e3",
+            "--device", "cpu", "--strict", "--out", out)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    log = (out / "log.txt").read_text().splitlines()
+    stopped = next(line for line in log if line.startswith("STOPPED"))
+    assert (out / "report.md").is_file()
+    if (out / "checkpoint.pt").exists():  # a good epoch: finite, so --resume can take it
+        assert "the last good checkpoint is" in stopped
+        load_run_checkpoint(out / "checkpoint.pt")
+    else:
+        assert "no epoch was checkpointed" in stopped and "checkpoint.pt" not in log[-1]

@@ -289,3 +289,27 @@ def test_callbacks_get_every_event_in_order_and_their_state_back_on_resume(tmp_p
     fit(model, tr, te, opt, crit, 2, sched, callbacks=[again], checkpoint=tmp_path / "c.pt", resume=True)
     assert again.events[:2] == [("fit_start", 1), ("epoch_start", 2)] and again.events[2] == ("backward", 13)
     assert load_checkpoint(tmp_path / "c.pt")["recorder"] == {"saves": 2}  # loaded 1, saved once more
+
+
+class PoisonAtEpochEnd(Callback):
+    """Sets one weight to NaN after epoch ``epoch``'s test pass, before its checkpoint (what a too-high LR can
+    leave behind while the train loss still reads finite)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_test(self, state, entry):
+        if state.epoch == self.epoch:
+            with torch.no_grad():
+                next(state.model.parameters()).view(-1)[0] = float("nan")
+
+
+def test_an_epoch_that_ends_with_weights_not_finite_is_not_checkpointed(tmp_path):
+    from utils.doctor import TrainingStopped
+
+    data = colour_task(64, 32)
+    model, tr, te, opt, sched, crit = s9_setup(data, epochs=2)
+    with pytest.raises(TrainingStopped, match="epoch 2 ended with weight .* not finite .* not checkpointed"):
+        fit(model, tr, te, opt, crit, 2, sched, checkpoint=tmp_path / "c.pt", callbacks=[PoisonAtEpochEnd(2)])
+    saved = load_checkpoint(tmp_path / "c.pt")  # epoch 1's, finite: the one --resume can continue
+    assert saved["epoch"] == 1 and all(v.isfinite().all() for v in saved["model"].values() if v.is_floating_point())

@@ -172,7 +172,8 @@ def fit(model, train_loader, test_loader, optimizer, criterion, epochs: int, sch
 
 
 def _epoch(state: FitState, train_loader, test_loader, criterion, callbacks, checkpoint) -> None:
-    """One epoch of :func:`fit`: train, test, callbacks' measurements, checkpoint, append to the history."""
+    """One epoch of :func:`fit`: train, test, callbacks' measurements, checkpoint, append to the history. An epoch
+    that ends with a weight not finite raises :class:`TrainingStopped` and is not checkpointed."""
     t0 = time.perf_counter()
     if hasattr(train_loader, "set_epoch"):
         train_loader.set_epoch(state.epoch)
@@ -186,6 +187,10 @@ def _epoch(state: FitState, train_loader, test_loader, criterion, callbacks, che
              "seconds": round(time.perf_counter() - t0, 2)}
     for cb in callbacks:
         cb.on_test(state, entry)
+    weights = unwrap(state.model).state_dict()
+    if bad := next((k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()), None):
+        raise TrainingStopped(f"epoch {state.epoch} ended with weight {bad!r} not finite (NaN or inf), so it was not "
+                              f"checkpointed")  # the checkpoint on disk stays the last good one
     if checkpoint and current().main:  # under torchrun only rank 0 writes the checkpoint
         atomic_save(_payload(state, entry, callbacks), checkpoint)
     state.history.append(entry)  # after the checkpoint: the history holds exactly the epochs on disk
