@@ -62,6 +62,9 @@ def check_new(out: Path, overwrite: bool) -> None:
     ``--overwrite``) or a non-empty folder (without ``--overwrite``), or one this process cannot write."""
     try:
         for parent in [out, *out.parents]:
+            if parent.is_symlink() and not parent.exists():
+                raise OutError(f"--out {out}: {parent} is a link to {os.readlink(parent)}, which does not exist; "
+                               f"choose another --out")
             if parent.exists() and not parent.is_dir():
                 raise OutError(f"--out {out}: {parent} is a file, not a directory; choose another --out")
         if not out.exists():

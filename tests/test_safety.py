@@ -389,3 +389,14 @@ def test_a_run_the_doctor_stops_writes_its_report_and_names_only_a_checkpoint_th
         load_run_checkpoint(out / "checkpoint.pt")
     else:
         assert "no epoch was checkpointed" in stopped and "checkpoint.pt" not in log[-1]
+
+
+def test_an_out_that_is_a_dangling_link_is_one_line_naming_it(tmp_path):
+    from assignments.outdir import OutError, check_new
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(OutError, match=f"--out {link}: {link} is a link to {tmp_path / 'gone'}, which does not exist"):
+        check_new(link, overwrite=False)
+    with pytest.raises(OutError, match="which does not exist"):
+        check_new(link / "run", overwrite=False)
