@@ -38,7 +38,7 @@ from .analysis import Analysis
 from .build import batch_size, build_model, command, device_name, make_loaders, place, start_lines, stepping_module
 from .config import RunConfig, resolve_out
 from .model_source import describe
-from .outdir import CHECKPOINT, claim, release
+from .outdir import CHECKPOINT, OutError, claim, release
 from .recipes import recipe as builtin_recipe
 from .resume import Carried, check_resumable
 
@@ -111,6 +111,10 @@ class Run:
                          "data_fingerprint": fingerprint(self.train_split, self.test_split)}
         if c.resume:
             check_resumable(self.resumed.state, self.identity, self.model, self.resumed.out)
+        tb = self.resumed.out / "tb"
+        if c.tensorboard and (tb.is_symlink() or tb.exists()) and not tb.is_dir():
+            raise OutError(f"--out {self.resumed.out}: {tb} is not a folder, where TensorBoard writes; move it away "
+                           f"or pass --no-tensorboard")
         # only now: a failed build leaves no run folder and writes into no existing one
         self.out = distributed.decided(lambda: claim(self.resumed.out, unique=self.resumed.unique, overwrite=c.overwrite,
                                                      resume=c.resume, command=command(self.world)))

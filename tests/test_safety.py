@@ -2,6 +2,7 @@
 a run's, options of the wrong type. Each test builds the failure for real (a second process, a signal, a
 foreign checkpoint) or mocks only the disk."""
 import hashlib
+import shutil
 import json
 import os
 import signal
@@ -400,3 +401,14 @@ def test_an_out_that_is_a_dangling_link_is_one_line_naming_it(tmp_path):
         check_new(link, overwrite=False)
     with pytest.raises(OutError, match="which does not exist"):
         check_new(link / "run", overwrite=False)
+
+
+@pytest.mark.slow
+def test_a_tb_that_is_a_file_is_refused_before_anything_is_written(s9_run, data_dir, tmp_path):
+    unfinished = _unfinished(s9_run, tmp_path / "unfinished")
+    shutil.rmtree(unfinished / "tb", ignore_errors=True)
+    (unfinished / "tb").write_text("not a folder")
+    before = snapshot(unfinished)
+    p = cli("S9", "--data-dir", data_dir, "--out", unfinished, "--resume")
+    assert p.returncode == 1 and "tb is not a folder, where TensorBoard writes" in one_line(p)
+    assert snapshot(unfinished) == before
