@@ -21,9 +21,10 @@ class ResumeError(ValueError):
     """A checkpoint that is not the run's; the message is one line."""
 
 
-def check_resumable(state: dict, identity: dict, model: nn.Module, out: Path) -> None:
+def check_resumable(state: dict, identity: dict, model: nn.Module, out: Path, steps_per_epoch: int | None = None) -> None:
     """Raise :class:`ResumeError` unless ``state`` (a checkpoint) continues the run described by ``identity``
-    (``Run.identity``: recipe, model, data, image counts, data fingerprint) with ``model``'s parameters."""
+    (``Run.identity``: recipe, model, data, image counts, data fingerprint) with ``model``'s parameters; a
+    checkpoint without an identity (an older layout) must have taken ``steps_per_epoch`` steps per epoch."""
     extra = state["extra"]
     saved = extra.get("identity") or {}
     recipe = (extra.get("recipe") or {}).get("name")
@@ -50,6 +51,12 @@ def check_resumable(state: dict, identity: dict, model: nn.Module, out: Path) ->
                           f"({saved.get('train_images')} train / {saved.get('test_images')} test images), this is "
                           f"{identity['data']} ({identity['train_images']} / {identity['test_images']}); pass the "
                           f"--data-dir (and --subset) it was started with")
+    history = state["history"]
+    if not saved and steps_per_epoch and history and history[-1]["step"] != state["epoch"] * steps_per_epoch:
+        # an older checkpoint without the run's identity: its steps per epoch are what it says of its data
+        raise ResumeError(f"{where} took {history[-1]['step'] // max(state['epoch'], 1)} steps per epoch, this data "
+                          f"gives {steps_per_epoch} ({identity['data']}); it holds no record of its data (an older "
+                          f"checkpoint): pass the --data-dir (and --subset) it was started with")
     if planned is not None and state["epoch"] > planned:
         raise ResumeError(f"{where} is at epoch {state['epoch']} of a {planned}-epoch run")
 

@@ -110,7 +110,7 @@ class Run:
                          "test_images": len(self.test_split),
                          "data_fingerprint": fingerprint(self.train_split, self.test_split)}
         if c.resume:
-            check_resumable(self.resumed.state, self.identity, self.model, self.resumed.out)
+            check_resumable(self.resumed.state, self.identity, self.model, self.resumed.out, len(self.train_loader))
         tb = self.resumed.out / "tb"
         if c.tensorboard and (tb.is_symlink() or tb.exists()) and not tb.is_dir():
             raise OutError(f"--out {self.resumed.out}: {tb} is not a folder, where TensorBoard writes; move it away "

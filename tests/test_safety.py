@@ -412,3 +412,16 @@ def test_a_tb_that_is_a_file_is_refused_before_anything_is_written(s9_run, data_
     p = cli("S9", "--data-dir", data_dir, "--out", unfinished, "--resume")
     assert p.returncode == 1 and "tb is not a folder, where TensorBoard writes" in one_line(p)
     assert snapshot(unfinished) == before
+
+
+@pytest.mark.slow
+def test_resume_of_a_checkpoint_without_identity_on_other_data_is_one_line_and_changes_nothing(s9_run, tmp_path):
+    older = _unfinished(s9_run, tmp_path / "older")
+    state = torch.load(older / "checkpoint.pt", weights_only=True)
+    del state["extra"]["identity"]  # the layout before runs recorded their data
+    torch.save(state, older / "checkpoint.pt")
+    other = write_batches(tmp_path / "other", colour_task(40, 20, seed=7))  # fewer images: fewer steps per epoch
+    before = snapshot(older)
+    p = cli("S9", "--data-dir", other, "--out", older, "--resume")
+    assert p.returncode == 1 and "holds no record of its data (an older checkpoint)" in one_line(p), p.stderr
+    assert snapshot(older) == before
