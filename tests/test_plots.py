@@ -205,3 +205,19 @@ def test_s9_run_measures_attention_every_epoch_and_reports_it(tiny_run):
     assert att["blocks"] == ["ultimus.0", "ultimus.1", "ultimus.2", "ultimus.3"] and att["images"] == len(tiny_run.test_split)
     text = (tiny_run.out / "report.md").read_text()
     assert "## Attention maps" in text and "eff. rank out" in text
+
+
+def test_a_figure_that_cannot_be_written_names_its_file(tmp_path, monkeypatch):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    from utils import plots
+
+    def full(*args, **kwargs):  # matplotlib's own error on a full disk carries no file name
+        raise OSError(errno.ENOSPC, "No space left on device")
+    fig = Figure()
+    monkeypatch.setattr(fig, "savefig", full)
+    with pytest.raises(OSError) as e:
+        plots.save(fig, tmp_path / "curves.png")
+    assert e.value.filename == str(tmp_path / "curves.png") and e.value.strerror == "No space left on device"

@@ -20,10 +20,13 @@ from .lr import SKIP_END, SKIP_START
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``fig`` as a PNG and return the path."""
+    """Write ``fig`` as a PNG and return the path; an OSError (a full disk) names the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     return path
 
 
