@@ -59,6 +59,11 @@ def test_resume_after_a_crash_matches_the_straight_run(batches_dir, tmp_path):
     with pytest.raises(Interrupted):
         run.train()
     run.close()  # the out folder's lock: held by this process until then
+    # resuming resolves a config of its own: the caller's stays as given, ignored options are named
+    from assignments.config import RunConfig, resolve_out
+    mine = RunConfig(assignment="S9", out=str(tmp_path / "crashed"), resume=True, epochs=7)
+    resolved = resolve_out(mine, "S9 (spec)")
+    assert mine.epochs == 7 and resolved.config.epochs == 2 and list(resolved.ignored) == ["epochs=7"]
     # ... and resumed from the command line, which takes epochs, batch size, LR and seed from the checkpoint
     p = cli("S9", "--data-dir", batches_dir, "--device", "cpu", "--out", tmp_path / "crashed", "--resume")
     assert p.returncode == 0, p.stderr
@@ -73,11 +78,6 @@ def test_resume_after_a_crash_matches_the_straight_run(batches_dir, tmp_path):
     start = straight["checks"]["attention_entropy_start"]  # measured once, on the untrained weights
     assert len(start) == 4 and resumed["checks"]["attention_entropy_start"] == start
 
-    # resuming resolves a config of its own: the caller's stays as given, ignored options are named
-    from assignments.config import RunConfig, resolve_out
-    mine = RunConfig(assignment="S9", out=str(tmp_path / "crashed"), resume=True, epochs=7)
-    resolved = resolve_out(mine, "S9 (spec)")
-    assert mine.epochs == 7 and resolved.config.epochs == 2 and list(resolved.ignored) == ["epochs=7"]
 
 
 def test_resume_without_a_checkpoint_is_one_line(tmp_path):
