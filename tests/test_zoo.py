@@ -116,6 +116,42 @@ class Asserting(nn.Module):
         return self.fc(self.conv(x).mean((2, 3)))
 
 
+class AuthorUltimus(nn.Module):
+    """The course author's TransformerUltimus as the original solution wrote it: Ultimus blocks that mix the batch
+    (``Q.T @ K`` over (B, 8) matrices) and a log_softmax at the end."""
+
+    def __init__(self):
+        super().__init__()
+        from reference_ultimus import seed_model
+
+        self.net = seed_model()
+
+    def forward(self, x):
+        return F.log_softmax(self.net(x), -1)
+
+
+class AuthorCustomResNet(nn.Module):
+    """Session 8's custom ResNet as course code writes it: prep, layer1 + res, layer2, layer3 + res, max-pool 4,
+    a linear layer, log_softmax."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        block = lambda i, o, pool: nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False),  # noqa: E731
+                                                 *([nn.MaxPool2d(2)] if pool else []), nn.BatchNorm2d(o), nn.ReLU())
+        self.prep = block(3, c, False)
+        self.layer1, self.res1 = block(c, 2 * c, True), nn.Sequential(block(2 * c, 2 * c, False), block(2 * c, 2 * c, False))
+        self.layer2 = block(2 * c, 4 * c, True)
+        self.layer3, self.res3 = block(4 * c, 8 * c, True), nn.Sequential(block(8 * c, 8 * c, False), block(8 * c, 8 * c, False))
+        self.fc = nn.Linear(8 * c, 10)
+
+    def forward(self, x):
+        x = self.layer1(self.prep(x))  # (B, 2c, 16, 16)
+        x = self.layer2(x + self.res1(x))  # (B, 4c, 8, 8)
+        x = self.layer3(x)  # (B, 8c, 4, 4)
+        x = F.max_pool2d(x + self.res3(x), 4).flatten(1)  # (B, 8c)
+        return F.log_softmax(self.fc(x), -1)
+
+
 def pooled_bn1d():
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.BatchNorm1d(16), nn.Linear(16, 10))
@@ -137,7 +173,7 @@ def _timm(name, **kwargs):
     return functools.partial(timm.create_model, name, pretrained=False, num_classes=10, **kwargs)
 
 
-ZOO = {  # name -> (model source, what the run must have found: "attention" or None)
+ZOO = {  # name -> (model source, what the run must find: "attention", "attention, no grid" or None)
     "torchvision resnet18": (_torchvision("resnet18"), None),
     "torchvision mobilenet_v3_small": (_torchvision("mobilenet_v3_small"), None),
     "torchvision efficientnet_b0": (_torchvision("efficientnet_b0"), None),
@@ -155,6 +191,9 @@ ZOO = {  # name -> (model source, what the run must have found: "attention" or N
     "factory with arguments": (functools.partial(conv_mixer, dim=16, depth=1), None),
     "instance": (WidthNet(8), None),
     "asserts its input size": (Asserting, None),
+    "course author's Ultimus (batch-mixing, log_softmax)": (AuthorUltimus, "attention, no grid"),
+    "course author's CustomResNet (log_softmax)": (AuthorCustomResNet, None),
+    "torchvision shufflenet_v2_x0_5": (_torchvision("shufflenet_v2_x0_5"), None),
 }
 
 
@@ -176,6 +215,8 @@ def test_every_step_runs_on_the_model_and_the_explorer_reopens_it(name, folder_d
     assert ("gradcam" in run.figures) or "Grad-CAM skipped" in log or "no misclassified" in log
     if found == "attention":
         assert "attention_maps" in run.figures and "attention: none found" not in log, log
+    elif found == "attention, no grid":  # softmax over 8 feature dims, not positions: measured, not drawn on a grid
+        assert "attention row entropy per layer before training" in log and "attention maps skipped: 8 tokens" in log
     else:
         assert "attention: none found" in log
     m = json.loads((out / "metrics.json").read_text())
