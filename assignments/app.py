@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from utils.data import CLASSES
-from utils.model_attention import model_attention
 
 from .explore import Explorer, RunFolderError, open_run
 from .explore_plots import enlarge, overlay
@@ -92,7 +91,7 @@ def build(ex: Explorer, gallery_size: int = 10):
                 label = gr.Label(label="prediction", elem_id="prediction")
                 note = gr.Markdown(elem_id="note")
                 cam = gr.Image(label="Grad-CAM", elem_id="cam-image", interactive=False, height=280)
-                attention = gr.Plot(label="this image's attention") if model_attention(ex.model) else gr.State()
+                attention = gr.Plot(label="this image's attention") if ex.attention_kind else gr.State()
         inputs = [image, k, cam_on, layer, opacity, cam_class]
         for control in inputs:
             control.change(lambda *a: analyze(ex, *a), inputs, [label, cam, note, attention])

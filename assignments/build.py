@@ -2,7 +2,6 @@
 torch.compile), and the lines that name the device and the command."""
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 from typing import Callable
@@ -14,6 +13,7 @@ from utils import distributed
 from utils.recipe import Recipe
 
 from .config import RunConfig
+from .model_source import required_arguments
 
 
 def place(config: RunConfig) -> tuple[torch.device, distributed.World]:
@@ -121,11 +121,7 @@ def build_model(source: nn.Module | Callable[[], nn.Module]) -> nn.Module:
     if not callable(source):
         raise ValueError(f"Run: model must be an nn.Module or a class or function that builds one; got "
                          f"{type(source).__name__}")
-    try:
-        needed = [n for n, p in inspect.signature(source).parameters.items() if p.default is p.empty
-                  and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    except (TypeError, ValueError):  # a builtin or C callable without a signature: call it and see
-        needed = []
+    needed = required_arguments(source) or []  # None: no signature to read (a builtin): call it and see
     name = getattr(source, "__name__", type(source).__name__)
     if needed:
         args = ", ".join(f"{n}=..." for n in needed)

@@ -43,6 +43,7 @@ class Explorer:
 
     def __post_init__(self):
         self.device = next(self.model.parameters()).device
+        self.attention_kind = model_attention(self.model)  # found once: it may take a forward pass
         self._logits = None
 
     # --- one image ----------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ class Explorer:
         patch grid per layer (mean over heads); None for a model without attention."""
         from .explore_plots import class_token_figure, ultimus_figure
 
-        kind = model_attention(self.model)
+        kind = self.attention_kind
         x = self.tensor(image32)
         if isinstance(kind, UltimusAttention):
             stats = kind.stats([(x, torch.zeros(1, dtype=torch.long))], x, len(CLASSES))

@@ -35,6 +35,17 @@ def _literal(value) -> bool:
     return False
 
 
+def required_arguments(source) -> list[str] | None:
+    """The names of the arguments ``source`` (a class or function) cannot be called without, or None when its
+    signature cannot be read (a builtin)."""
+    try:
+        parameters = inspect.signature(source).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return [p.name for p in parameters if p.default is p.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def _name(obj) -> str | None:
     module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if not module or not qualname or module == "__main__" or "<" in qualname:  # a cell, a lambda, a local class
@@ -49,12 +60,7 @@ def describe(source) -> dict | None:
         source, args, kwargs = source.func, source.args, dict(source.keywords)
     elif isinstance(source, nn.Module):  # an instance: its class, if that needs no arguments
         cls = type(source)
-        try:
-            needs = any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                        for p in inspect.signature(cls).parameters.values())
-        except (TypeError, ValueError):
-            needs = True
-        if needs or cls.__module__.startswith("torch.nn"):  # nn.Sequential(...) etc.: its layers are not recorded
+        if required_arguments(cls) != [] or cls.__module__.startswith("torch.nn"):  # nn.Sequential(...) etc.: its layers are not recorded
             return None
         source = cls
     name = _name(source)

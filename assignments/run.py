@@ -21,6 +21,7 @@ from torch import nn
 from utils import distributed, plots
 from utils.callbacks import EpochLog, History, Measure, ProgressBar, Saved
 from utils.checks import batch_independence, check_contract, returns_log_probs
+from utils.checkpoint import first_non_finite
 from utils.data import CLASSES, channel_stats, fingerprint, load_cifar10
 from utils.doctor import Doctor, TrainingStopped, batch_dependence_check, schedule_check
 from utils.model_attention import LOOKED_FOR
@@ -346,7 +347,7 @@ class Run:
         if not self.result.history:
             return "no epoch was checkpointed: nothing to resume or draw"
         epoch = self.result.history[-1]["epoch"]  # the history holds exactly the epochs on disk
-        if not all(v.isfinite().all() for v in self.model.state_dict().values() if v.is_floating_point()):
+        if first_non_finite(self.model.state_dict()):
             saved = torch.load(self.out / CHECKPOINT, map_location=self.device, weights_only=True)
             self.model.load_state_dict(saved["model"])
             self.analysis.trained()

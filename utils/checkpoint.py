@@ -59,6 +59,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = Fa
 RUN_KEYS = {"model": dict, "optimizer": dict, "epoch": int, "history": list, "extra": dict}
 
 
+def first_non_finite(weights: dict) -> str | None:
+    """The name of the first floating tensor in ``weights`` (a state dict) holding NaN or inf, or None."""
+    return next((k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()), None)
+
+
 def load_run_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
     """:func:`load_checkpoint` of a run's checkpoint, checked before anything uses it: the keys ``fit`` writes
     with their types, tensors as weights, all of them finite, and an epoch within its history."""
@@ -74,8 +79,7 @@ def load_run_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool 
                        f"{', '.join(map(repr, wrong))} of the wrong type")
         elif not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
             problem = "'model' holds values that are not tensors"
-        elif bad := next((k for k, v in state["model"].items() if v.is_floating_point() and not v.isfinite().all()),
-                         None):
+        elif bad := first_non_finite(state["model"]):
             problem = f"weight {bad!r} is not finite (NaN or inf)"
         elif not 0 <= state["epoch"] == len(state["history"]):
             problem = f"epoch {state['epoch']} but {len(state['history'])} epochs of history"

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .callbacks import Callback, FitState, StepRow
-from .checkpoint import atomic_save, load_run_checkpoint, unwrap
+from .checkpoint import atomic_save, first_non_finite, load_run_checkpoint, unwrap
 from .distributed import all_reduce_sum, all_reduce_tensor, current
 from .doctor import TrainingStopped, batch_stats
 from .precision import Precision
@@ -187,8 +187,7 @@ def _epoch(state: FitState, train_loader, test_loader, criterion, callbacks, che
              "seconds": round(time.perf_counter() - t0, 2)}
     for cb in callbacks:
         cb.on_test(state, entry)
-    weights = unwrap(state.model).state_dict()
-    if bad := next((k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()), None):
+    if bad := first_non_finite(unwrap(state.model).state_dict()):
         raise TrainingStopped(f"epoch {state.epoch} ended with weight {bad!r} not finite (NaN or inf), so it was not "
                               f"checkpointed")  # the checkpoint on disk stays the last good one
     if checkpoint and current().main:  # under torchrun only rank 0 writes the checkpoint
