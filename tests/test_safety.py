@@ -426,3 +426,18 @@ def test_resume_of_a_checkpoint_without_identity_on_other_data_is_one_line_and_c
     p = cli("S9", "--data-dir", other, "--out", older, "--resume")
     assert p.returncode == 1 and "holds no record of its data (an older checkpoint)" in one_line(p), p.stderr
     assert snapshot(older) == before
+
+
+def test_a_model_class_that_needs_arguments_is_one_line_before_the_data_is_read(tmp_path):
+    from assignments.run import Run
+    from utils import Recipe
+
+    class Wide(torch.nn.Module):
+        def __init__(self, width, depth, p=0.1):
+            super().__init__()
+
+    with pytest.raises(ValueError, match=r"model=Wide needs the arguments width, depth; pass "
+                                         r"model=functools.partial\(Wide, width=..., depth=...\)") as e:
+        Run(recipe=Recipe("X", epochs=1, batch_size=8), model=Wide, data_dir=str(tmp_path / "no-such-data"),
+            out=str(tmp_path / "x"))  # the data folder does not exist: the model is refused first
+    assert len(str(e.value).splitlines()) == 1 and not (tmp_path / "x").exists()
