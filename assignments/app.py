@@ -12,94 +12,13 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
-from utils.data import CLASSES
-
-from .explore import Explorer, RunFolderError, open_run
-from .explore_plots import enlarge, overlay
-
-PREDICTED = "the predicted class"
-# a 32x32 upload shown at the box's size, pixels kept sharp (browsers draw small images at their own size)
-CSS = "#image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
-
-
-def analyze(ex: Explorer, image, k: int, cam_on: bool, layer: str | None, opacity: float, cam_class: str):
-    """What the page shows for one image: ({class: p} of the top k, the Grad-CAM overlay or None, a note, the
-    attention figure or None)."""
-    if image is None:
-        return None, None, "Upload an image or pick an example.", None
-    try:
-        image32, note = ex.prepare(image)
-        top = ex.top_k(image32, int(k))
-    except ValueError as e:  # an image it cannot read, a k out of range: said on the page
-        return None, None, f"**Cannot use this input:** {e}", None
-    lines = [f"**{top[0][0]}** (p = {top[0][1]:.2f})"] + ([f"Input {note}."] if note else [])
-    cam = None
-    if cam_on:
-        if not ex.layers:
-            lines.append(f"Grad-CAM: {type(ex.model).__name__} has no feature map or token grid to read.")
-        else:
-            target = top[0][0] if cam_class in (None, PREDICTED) else cam_class  # a name: checked by ex.gradcam
-            cam = overlay(image32, ex.gradcam(image32, target, layer), opacity)
-            lines.append(f"Grad-CAM of **{target}** at `{layer or ex.default_layer}`.")
-    return dict(top), cam, "  \n".join(lines), ex.attention(image32)
-
-
-def gallery(ex: Explorer, n: int) -> list[tuple]:
-    """The run's ``n`` most confident mistakes, enlarged, each with "actual / predicted p=..."."""
-    return [(enlarge(img), caption) for img, caption in ex.mistakes(int(n))]
-
-
-def build(ex: Explorer, gallery_size: int = 10):
-    """The Gradio page (``gr.Blocks``) over ``ex``."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import gradio as gr
-    from PIL import Image
-
-    if ex.layers:  # the first Grad-CAM imports pytorch-grad-cam (seconds): before the page is served
-        ex.gradcam(ex.examples()[0], 0)
-    examples = Path(tempfile.mkdtemp(prefix="cifar10-examples-"))
-    atexit.register(shutil.rmtree, examples, ignore_errors=True)  # the page's example files go with the process
-    paths = []
-    for c, img in zip(CLASSES, ex.examples()):
-        Image.fromarray(img).resize((128, 128), Image.NEAREST).save(examples / f"{c}.png")
-        paths.append([str(examples / f"{c}.png")])
-    acc = f", test accuracy {ex.test_acc:.2f}%" if ex.test_acc is not None else ""
-    import inspect
-
-    css_in_blocks = "css" not in inspect.signature(gr.Blocks.launch).parameters  # Gradio < 6 takes it here
-    with gr.Blocks(title=f"{ex.name}: explore the model", analytics_enabled=False,
-                   **({"css": CSS} if css_in_blocks else {})) as page:
-        gr.Markdown(f"## {ex.name}: {type(ex.model).__name__}\n{ex.epochs_done} epochs trained{acc}. "
-                    f"Images are resized to 32x32, the size the model was trained on.")
-        with gr.Row():
-            with gr.Column():
-                image = gr.Image(type="pil", label="image", elem_id="image", sources=["upload"], height=280)
-                gr.Examples(paths, inputs=[image], label="one test image per class")
-                k = gr.Slider(1, len(CLASSES), value=3, step=1, label="top classes", elem_id="k")
-                cam_on = gr.Checkbox(label="Grad-CAM", value=False, elem_id="cam")
-                layer = gr.Dropdown(ex.layers, value=ex.default_layer, label="Grad-CAM layer")
-                cam_class = gr.Dropdown([PREDICTED, *CLASSES], value=PREDICTED, label="Grad-CAM of")
-                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="overlay opacity")
-            with gr.Column():
-                label = gr.Label(label="prediction", elem_id="prediction")
-                note = gr.Markdown(elem_id="note")
-                cam = gr.Image(label="Grad-CAM", elem_id="cam-image", interactive=False, height=280)
-                attention = gr.Plot(label="this image's attention") if ex.attention_kind else gr.State()
-        inputs = [image, k, cam_on, layer, opacity, cam_class]
-        for control in inputs:
-            control.change(lambda *a: analyze(ex, *a), inputs, [label, cam, note, attention])
-        gr.Markdown("### The run's most confident mistakes (actual / predicted)")
-        n = gr.Slider(1, 100, value=gallery_size, step=1, label="how many")
-        shown = gr.Gallery(value=gallery(ex, gallery_size), columns=5, label="misclassified", elem_id="gallery")
-        n.change(lambda m: gallery(ex, m), [n], [shown])
-    return page
+from .explore import RunFolderError, open_run
+from .page import build, serve
 
 
 def app(run, model=None, data_dir: str | None = None, host: str = "127.0.0.1", port: int | None = None,
@@ -113,11 +32,7 @@ def app(run, model=None, data_dir: str | None = None, host: str = "127.0.0.1", p
     else:  # a Run: its folder and gallery size (run.app() passes its trained model)
         out, gallery_size = run.out, run.config.gallery
     page = build(open_run(out, model, data_dir, device, model_name), gallery_size)
-    import inspect
-
-    css = {"css": CSS} if "css" in inspect.signature(page.launch).parameters else {}  # Gradio 6 takes it here
-    page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True, **css)
-    return page
+    return serve(page, host, port, share, block)
 
 
 def port_number(text: str) -> int:

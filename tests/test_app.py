@@ -150,3 +150,48 @@ def test_the_app_command_refuses_a_bad_port_device_or_tampered_config_in_one_lin
         errors = [line for line in p.stderr.strip().splitlines() if "error" in line]  # argparse adds its usage
         assert p.returncode == code and message in p.stderr and len(errors) == 1, p.stderr
         assert "Traceback" not in p.stderr and (code == 2 or len(p.stderr.strip().splitlines()) == 1), p.stderr
+
+
+def test_the_app_command_answers_a_non_image_upload_on_the_page_and_stops_on_ctrl_c_under_load(trained, tmp_path):
+    import contextlib
+    import signal
+    import threading
+    import time
+
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from browser import _free_port
+
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "assignments.app", str(trained.out), "--port", str(port), "--share"],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C as in a shell
+    try:
+        first = p.stdout.readline()  # printed once the page is served
+        assert first.strip() == f"The page: http://127.0.0.1:{port}/ (Ctrl-C stops it)", first
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        (tmp_path / "notes.png").write_text("not an image, despite its name")
+        Image.fromarray(trained.test_split.images[0]).resize((200, 150)).save(tmp_path / "photo.png")
+        ask = lambda f: client.predict(handle_file(str(tmp_path / f)), 3, True, None, 0.5, "the predicted class",  # noqa: E731
+                                       api_name="/analyze")
+        assert ask("notes.png")[2] == "**Cannot use this input:** the upload is not an image Pillow can read"
+        assert "Grad-CAM of" in ask("photo.png")[2]
+        def keep_asking():
+            with contextlib.suppress(Exception):  # the server stops under it
+                for _ in range(20):
+                    ask("photo.png")
+
+        busy = [threading.Thread(target=keep_asking, daemon=True) for _ in range(3)]
+        for t in busy:
+            t.start()
+        time.sleep(2)  # requests in flight
+        start = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 130 and time.monotonic() - start < 30
+    finally:
+        p.kill()
+    # --share: a public link, or one line saying there is none (no network here); never a traceback
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
+    assert "Public link: https://" in out or err.startswith("note: --share: no public link"), (out, err)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+from .images import CLASSES, ImageSplit  # noqa: F401  (re-exported: utils.data is where loaders look)
+
 IMAGE_SHAPE = (32, 32, 3)
 LAYOUTS = ("DIR/cifar-10-batches-py/{data_batch_1..5,test_batch} (torchvision's files) or "
            "DIR/train/<class>/*.jpg|png and DIR/test/<class>/*.jpg|png with the ten CIFAR-10 class names")
@@ -22,41 +23,6 @@ LAYOUTS = ("DIR/cifar-10-batches-py/{data_batch_1..5,test_batch} (torchvision's 
 
 class DataError(Exception):
     """A data problem the user can fix; its message is one line."""
-
-
-@dataclass
-class ImageSplit:
-    """One split: ``images`` (N, 32, 32, 3) uint8 RGB, ``labels`` (N,) int64 in [0, 10)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def normalized(self, indices: list[int], mean, std):
-        """Items ``indices`` as the test loaders give them: float (k, 3, 32, 32), ``(x / 255 - mean) / std``."""
-        import torch
-
-        x = torch.from_numpy(self.images[list(indices)]).permute(0, 3, 1, 2).float() / 255  # (k, 3, 32, 32)
-        return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-    def spread(self, n: int) -> list[int]:
-        """``n`` indices taken round-robin over the classes (each class's first items in split order), so a
-        fixed probe covers every class evenly however the split is sorted (a class-per-folder copy is sorted
-        by class, torchvision's test batch is not)."""
-        order = np.argsort(self.labels, kind="stable")  # (N,) grouped by class, split order kept inside a class
-        grouped = self.labels[order]
-        rank = np.empty(len(self), dtype=np.int64)  # each item's position among the items of its class
-        rank[order] = np.arange(len(self)) - np.searchsorted(grouped, grouped, side="left")
-        return np.sort(np.lexsort((self.labels, rank))[:n]).tolist()
-
-    def subset(self, n: int | None, seed: int = 0) -> "ImageSplit":
-        """A random (seeded) subset of ``n`` items; the whole split when ``n`` is None or too large."""
-        if n is None or n >= len(self):
-            return self
-        idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
-        return ImageSplit(self.images[idx], self.labels[idx])
 
 
 @dataclass

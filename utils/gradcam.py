@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .checks import eval_outputs, logits_view
-from .data import CLASSES
+from .images import CLASSES
 
 
 
