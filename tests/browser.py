@@ -1,6 +1,7 @@
 """Drive the explorer's page in headless Chromium (Debian's ``chromium`` and ``chromium-driver``, selenium):
-upload an image, read the prediction, switch Grad-CAM on, take a screenshot. ``tests/test_app.py`` uses it; the
-README's screenshot comes from ``python tests/browser.py RUN_DIR IMAGE OUT.png [DATA_DIR]``."""
+upload an image, read the prediction, switch Grad-CAM on, take a screenshot. ``tests/test_app.py`` and
+``tests/test_space.py`` use it; the README's screenshot comes from
+``python tests/browser.py RUN_DIR IMAGE OUT.png [DATA_DIR]``."""
 import shutil
 import socket
 import sys
@@ -16,17 +17,25 @@ def _free_port() -> int:
 
 def browser_check(run_dir: Path, image: Path, screenshot: Path, data_dir: str | None = None,
                   timeout: float = 120) -> dict:
-    """Serve the app for ``run_dir`` on 127.0.0.1, upload ``image`` in headless Chromium, read the prediction,
-    switch Grad-CAM on, save ``screenshot``; returns what the page showed. The server is stopped on return."""
+    """Serve the app for ``run_dir`` on 127.0.0.1, then :func:`page_check` it; the server is stopped on return."""
+    from assignments.app import app
+
+    port = _free_port()
+    page = app(run_dir, data_dir=data_dir, port=port)
+    try:
+        return page_check(f"http://127.0.0.1:{port}/", image, screenshot, timeout)
+    finally:
+        page.close()
+
+
+def page_check(url: str, image: Path, screenshot: Path, timeout: float = 120) -> dict:
+    """Open the explorer's page at ``url`` in headless Chromium, upload ``image``, read the prediction, switch
+    Grad-CAM on, save ``screenshot``; returns what the page showed."""
     from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from assignments.app import app
-
-    port = _free_port()
-    page = app(run_dir, data_dir=data_dir, port=port)
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1500",
                 "--disable-dev-shm-usage"):
@@ -37,7 +46,7 @@ def browser_check(run_dir: Path, image: Path, screenshot: Path, data_dir: str | 
     driver = webdriver.Chrome(options=options, service=service)
     try:
         wait = WebDriverWait(driver, timeout)
-        driver.get(f"http://127.0.0.1:{port}/")
+        driver.get(url)
         upload = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#image input[type=file]")))
         upload.send_keys(str(image))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#prediction [id^=meter-text-]"))
@@ -51,7 +60,6 @@ def browser_check(run_dir: Path, image: Path, screenshot: Path, data_dir: str | 
         return {"label": label, "note": driver.find_element(By.ID, "note").text, "body": body}
     finally:
         driver.quit()
-        page.close()
 
 
 if __name__ == "__main__":
