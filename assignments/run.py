@@ -308,6 +308,22 @@ class Run:
         options.setdefault("model", copy.deepcopy(self.model))  # the trained module itself: nothing to rebuild
         return app(self, **options)
 
+    def space(self, dest: str | Path | None = None, **options) -> Path | None:
+        """Write the trained model as a Hugging Face Space (:func:`assignments.space.build_space`; default
+        ``<out>-space``), zip it and, in Colab, download the zip. A run it cannot share is said in one line."""
+        from utils.keep import keep_run
+
+        from .space import SpaceError, build_space
+        from .explore import RunFolderError
+
+        try:
+            folder = build_space(self.out, dest or self.out.with_name(self.out.name + "-space"), **options)
+        except (SpaceError, RunFolderError) as e:
+            print(f"Space not written: {e}")
+            return None
+        print(f"The Space is in {folder}/ (upload it as its README says)")
+        return keep_run(folder, what="the Space")
+
     def close(self) -> None:
         """Close the TensorBoard files and release the out folder's lock, so another process may resume or read
         the run (ending this process does it too; ``run_all`` does it when it returns)."""

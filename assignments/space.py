@@ -13,6 +13,7 @@ import argparse
 import ast
 import importlib.util
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -228,6 +229,10 @@ def write_space(ex: RunExplorer, record: dict, out: Path, stage: Path, n_mistake
                                           "*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
     accuracy = accuracy_line(metrics, seed_runs) if "final_test_acc" in metrics else f"{ex.test_acc:.2f}%"
     (stage / "README.md").write_text(readme(ex, metrics, accuracy, title, license_, figures))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [stage, *stage.rglob("*")]:  # mkdtemp's folder and the weights' file are private otherwise
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def check_space(stage: Path, ex: RunExplorer) -> None:

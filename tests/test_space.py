@@ -225,3 +225,14 @@ def test_bad_input_is_one_line_and_leaves_dest_as_it_was(s9_run, tmp_path):
     p = space([s9_run.out, full, "--overwrite"])  # asked for: replaced whole
     assert p.returncode == 0 and not (full / "mine.txt").exists() and (full / "app.py").is_file()
     assert not [q for q in tmp_path.iterdir() if q.name.startswith(".")]  # no partial or old folder left
+
+
+def test_the_notebooks_space_cell_writes_and_zips_it_or_says_in_one_line_why_not(s9_run, tmp_path, capsys):
+    import zipfile
+
+    archive = s9_run.space(tmp_path / "shared")
+    assert archive == tmp_path / "shared.zip" and (tmp_path / "shared" / "app.py").is_file()
+    assert "shared/app.py" in zipfile.ZipFile(archive).namelist()
+    assert s9_run.space(tmp_path / "shared") is None  # not empty: nothing replaced
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said[-1].startswith("Space not written: ") and said[-1].endswith("or pass --overwrite")

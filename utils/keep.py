@@ -30,7 +30,7 @@ def zip_run(out: str | Path) -> Path:
     return archive
 
 
-def keep_run(out: str | Path, to_drive: bool = False, drive_dir: str = DRIVE_DIR) -> Path:
+def keep_run(out: str | Path, to_drive: bool = False, drive_dir: str = DRIVE_DIR, what: str = "the run") -> Path:
     """Zip the run (:func:`zip_run`); in Colab offer it as a download, or with ``to_drive`` copy it into
     ``drive_dir`` on Google Drive (mounted on first use; if that fails, the local zip is named); elsewhere print
     where folder and zip are. Returns the zip's path (the copy's, with ``to_drive``)."""
@@ -39,7 +39,7 @@ def keep_run(out: str | Path, to_drive: bool = False, drive_dir: str = DRIVE_DIR
     archive = zip_run(out)
     if "google.colab" not in sys.modules:
         ignored = " (to_drive needs Colab's Google Drive: ignored here)" if to_drive else ""
-        print(f"the run is in {archive.with_suffix('')}/ and {archive}{ignored}")
+        print(f"{what} is in {archive.with_suffix('')}/ and {archive}{ignored}")
         return archive
     if to_drive:
         from google.colab import drive

@@ -1,0 +1,1 @@
+"""The model's source, copied from the repository it was trained in."""

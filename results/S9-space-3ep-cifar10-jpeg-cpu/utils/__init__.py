@@ -1,0 +1,1 @@
+"""Inference code of the CIFAR-10 lab: images, Grad-CAM, attention."""
