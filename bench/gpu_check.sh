@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU verification in one command (bench/README.md): S9 spec (seeds 1, 2, 3), S9 prescaled-residual, S8 and
-# S7 at full length on CIFAR-10 (JPEG copy), then one summary (summary.json, summary.md) under $OUT.
+# The GPU verification in one command (bench/README.md): S9 spec (seeds 1, 2, 3), S9 prescaled-residual, S10, S8
+# and S7 at full length on CIFAR-10 (JPEG copy), then one summary (summary.json, summary.md) under $OUT.
 #
 #   OUT=/path bash bench/gpu_check.sh DATA.tar.gz [WHEELS_DIR]   # on a GPU machine (wheels: bench/gpu_wheels.sh)
 #   OUT=/path bash bench/gpu_check.sh --smoke                    # the same steps on the CPU, synthetic data, ~1 min
 #
 # The four S9 runs share the GPU as parallel processes (a 25,680-parameter step leaves it mostly idle);
-# S8 and S7 then run one after the other. Exit status: 0 when every run finished, 1 otherwise.
+# S10, S8 and S7 then run one after the other. Exit status: 0 when every run finished, 1 otherwise.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder that receives the runs and the summary}
@@ -40,6 +40,7 @@ start=$(date +%s)
 run S9-spec-seed1 S9 --seed 1 & run S9-spec-seed2 S9 --seed 2 & run S9-spec-seed3 S9 --seed 3 &
 run S9-prescaled-residual S9 --variant prescaled-residual &
 wait
+run S10 S10
 run S8 S8
 run S7 S7
 echo "all runs: $(( $(date +%s) - start )) s" | tee -a "$OUT/exits.txt"

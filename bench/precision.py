@@ -1,7 +1,7 @@
 """Benchmark: train-step images/s of one assignment's model per precision and memory format, in one
 process, the modes interleaved so that drift in machine load hits all of them alike.
 
-    python bench/precision.py [--assignment S7|S8|S9] [--device cpu] [--batch-size 64] [--steps 8] [--repeats 3]
+    python bench/precision.py [--assignment S7|S8|S9|S10] [--device cpu] [--batch-size 64] [--steps 8] [--repeats 3]
         [--compile]
 
 Synthetic batches already on the device (the model's step alone, as the loop sees it: autocast
@@ -17,12 +17,12 @@ from common import timed  # noqa: F401  (sets up sys.path for the repo's package
 from assignments.recipes import recipe
 from utils.precision import Precision, resolve_precision
 
-BATCH = {"S7": 64, "S8": 64, "S9": 128}  # a step of S7/S8 at batch 512 takes seconds on a 2-core CPU
+BATCH = {"S7": 64, "S8": 64, "S9": 128, "S10": 128}  # a step of S7/S8 at batch 512 takes seconds on a 2-core CPU
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--assignment", default="S9", choices=["S7", "S8", "S9"])
+    p.add_argument("--assignment", default="S9", choices=list(BATCH))
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, help="default: S7/S8 64, S9 128")
     p.add_argument("--steps", type=int, default=8, help="train steps per timed round")

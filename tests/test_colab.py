@@ -16,7 +16,7 @@ import torch
 from synthetic import colour_task, write_batches
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["S7", "S8", "S9", "template"]
+NOTEBOOKS = ["S7", "S8", "S9", "S10", "template"]
 
 
 def test_publish_points_every_badge_and_repo_url_at_the_fork_and_nothing_else(tmp_path):

@@ -16,10 +16,10 @@ def test_smoke_mode_runs_every_run_and_writes_the_summary(tmp_path):
                        capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     rows = json.loads((tmp_path / "summary.json").read_text())
-    assert sorted(r["run"] for r in rows) == ["S7", "S8", "S9-prescaled-residual", "S9-spec-seed1", "S9-spec-seed2",
-                                              "S9-spec-seed3"]
+    assert sorted(r["run"] for r in rows) == ["S10", "S7", "S8", "S9-prescaled-residual", "S9-spec-seed1",
+                                              "S9-spec-seed2", "S9-spec-seed3"]
     for r in rows:
         assert r["epochs"] == 1 and 0 <= r["test_acc"] <= 100 and r["wall_seconds"] > 0 and r["train_img_per_s"] > 0
         assert (tmp_path / "runs" / r["run"] / "report.md").exists()
     md = (tmp_path / "summary.md").read_text()
-    assert md.count("\n| S") == 6 and "S9 spec over 3 seeds:" in md
+    assert md.count("\n| S") == 7 and "S9 spec over 3 seeds:" in md

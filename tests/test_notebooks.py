@@ -10,7 +10,7 @@ import pytest
 
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["S7", "S8", "S9", "template"]
+NOTEBOOKS = ["S7", "S8", "S9", "S10", "template"]
 
 
 DEFAULTS = {"DATA_DIR": None, "DEVICE": "auto", "OUT": None}

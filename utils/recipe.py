@@ -16,7 +16,7 @@ from torch import nn
 
 from .augment import AugmentSpec
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 QUICK_STEPS = 30  # steps per epoch a subset gets at least (with a batch no smaller than QUICK_MIN_BATCH)
 QUICK_MIN_BATCH = 32
 QUICK_LR_MARGIN = 3  # a quick check's max LR is at most the range test's loss-minimum LR / this
@@ -27,8 +27,8 @@ class Recipe:
     name: str  # the run's name in the log, metrics.json and report.md (e.g. "S10 MyNet")
     epochs: int = 24  # passes over the training set
     batch_size: int = 128  # images per step
-    optimizer: str = "adam"  # "adam" | "sgd" (SGD with Nesterov momentum)
-    weight_decay: float = 0.0  # L2 factor passed to the optimizer (Adam + weight decay can collapse a net)
+    optimizer: str = "adam"  # "adam" | "adamw" (decoupled weight decay) | "sgd" (SGD with Nesterov momentum)
+    weight_decay: float = 0.0  # passed to the optimizer (L2 for adam and sgd; Adam + L2 can collapse a net)
     momentum: float = 0.9  # SGD only
     label_smoothing: float = 0.0  # CrossEntropyLoss(label_smoothing=...)
     peak_epoch: int = 5  # one-cycle reaches max LR at the end of this epoch ("peak at epoch 5")
@@ -55,6 +55,8 @@ class Recipe:
         """The recipe's optimizer over ``params`` at ``lr`` (also used by the LR range test)."""
         if self.optimizer == "adam":
             return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(params, lr=lr, momentum=self.momentum, nesterov=True, weight_decay=self.weight_decay)
 
     def batch_for(self, train_images: int) -> tuple[int, str | None]:

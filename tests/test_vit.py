@@ -1,0 +1,102 @@
+"""S10's ViT (models/model10.py): each image attends only to its own tokens; the written-out and the fused
+attention compute the same thing; the attention figures see the weights either way; the doctor flags the LR at
+which the course's students saw it stagnate and is quiet at the recipe's."""
+import pytest
+import torch
+
+from models.model10 import ViT
+from test_doctor import STEPS, run
+from synthetic import colour_task
+from utils.checks import batch_independence
+from utils.model_attention import SelfAttention, model_attention
+from utils.seed import set_seed
+
+
+def test_the_defaults_are_the_documented_size_and_shapes():
+    model = ViT()
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 239_562  # the docstring's count
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"ViT expects a batch of images shaped \(B, 3, 32, 32\); got \(2, 3, 28, 28\)"):
+        model(torch.randn(2, 3, 28, 28))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_image_s_output_does_not_depend_on_the_others(fused):
+    torch.manual_seed(0)
+    model = ViT(fused=fused).eval()
+    x = torch.randn(8, 3, 32, 32)
+    other = x.clone()
+    other[1:] = torch.randn(7, 3, 32, 32)  # image 0 kept, its batch-mates replaced
+    with torch.no_grad():
+        assert torch.allclose(model(x)[0], model(other)[0], atol=1e-6)
+        assert torch.allclose(model(x)[:1], model(x[:1]), atol=1e-6)
+    assert batch_independence(model) < 1e-5
+
+
+def test_written_out_and_fused_attention_give_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    explicit, fused = ViT(fused=False).double(), ViT(fused=True).double()
+    fused.load_state_dict(explicit.state_dict())
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    out_e, out_f = explicit(x), fused(x)
+    assert torch.allclose(out_e, out_f, rtol=0, atol=1e-12)
+    out_e.square().sum().backward()
+    out_f.square().sum().backward()
+    for (name, a), b in zip(explicit.named_parameters(), fused.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=0, atol=1e-10), name
+    assert ViT().blocks[0].attn.fused is None  # the default: written out under CPU bf16 autocast, else fused
+
+
+def test_the_attention_figures_see_the_same_weights_either_way():
+    torch.manual_seed(0)
+    explicit, fused = ViT(fused=False).eval(), ViT(fused=True).eval()
+    fused.load_state_dict(explicit.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    stats = []
+    for model in (explicit, fused):
+        kind = model_attention(model)
+        assert isinstance(kind, SelfAttention)
+        stats.append(kind.stats(None, x, 10))
+    assert stats[0].layers == stats[1].layers and len(stats[0].layers) == 6
+    assert torch.allclose(stats[0].cls, stats[1].cls, atol=1e-6)  # the class token's attention on the 8x8 grid
+
+
+@pytest.mark.slow
+def test_the_doctor_flags_adam_at_the_lr_students_saw_stagnate_within_the_first_epoch():
+    set_seed(0)
+    data = colour_task(32 * STEPS, 200)
+    history, doctor = run(ViT(), data, epochs=1, max_lr=0.05)
+    collapse = [f for f in doctor.findings if f.kind == "collapse"]
+    assert collapse and collapse[0].step <= STEPS, doctor.findings
+    assert history[-1]["test_acc"] < 25  # it really did stagnate
+
+
+@pytest.mark.slow
+def test_the_doctor_is_quiet_at_the_recipe_s_lr():
+    set_seed(0)
+    data = colour_task(32 * STEPS, 300)
+    history, doctor = run(ViT(), data, epochs=2, max_lr=1e-3)
+    assert doctor.findings == [] and history[-1]["test_acc"] > 50
+
+
+def test_the_default_fuses_in_fp32_and_writes_attention_out_under_cpu_bf16_autocast(monkeypatch):
+    import models.model10 as model10
+
+    calls = []
+    fused = model10.F.scaled_dot_product_attention
+    monkeypatch.setattr(model10.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    model, x = ViT(depth=2), torch.randn(2, 3, 32, 32)
+    model(x)
+    assert len(calls) == 2  # fp32: one fused call per block
+    with torch.autocast("cpu", torch.bfloat16):
+        model(x)
+    assert len(calls) == 2  # bf16 on the CPU: written out
+
+
+def test_mult_adds_count_the_attention_whether_fused_or_written_out():
+    from utils.summary import mult_adds
+
+    fused, explicit = mult_adds(ViT(fused=True)), mult_adds(ViT(fused=False))
+    without_attention = mult_adds(ViT(fused=True, depth=0))
+    per_block_attention = 4 * 65 * 65 * (16 + 16)  # heads x N x N x (d for q k^T + d for weights x v)
+    assert fused == explicit and fused > without_attention + 6 * per_block_attention
