@@ -177,17 +177,18 @@ class Run:
             self.log(f"max LR {res.max_lr:.3e} (given)")
             return None
         search = None
+        iters, shorter = r.range_test_steps(len(self.train_loader), self.epochs * len(self.train_loader))
         if self.world.main:  # under torchrun: rank 0 alone, on the single-process loader; the others wait
             loader = make_loaders(c, r, self.train_split, self.test_split, self.mean, self.std, self.batch_size,
                                   self.device)[0] if self.world.size > 1 else self.train_loader
             search = find_lr(self.model, r.make_optimizer, self.criterion, loader, self.device,
-                             end_lr=r.lr_end, num_iter=r.lr_iters, precision=self.precision)
+                             end_lr=r.lr_end, num_iter=iters, precision=self.precision)
         search = distributed.broadcast(search)
         res.lr_search = dataclasses.asdict(search)
         res.max_lr, quick = r.max_lr(search.suggested_lr, search.min_loss_lr, self.epochs * len(self.train_loader))
         scaled = f" x {r.lr_scale:.3g} (the recipe's lr_scale) = {search.suggested_lr * r.lr_scale:.3e}" \
             if r.lr_scale != 1 else ""
-        self.log(f"LR range test ({r.lr_iters} steps on the training set): suggested max LR "
+        self.log(f"LR range test ({shorter or f'{iters} steps'} on the training set): suggested max LR "
                  f"{search.suggested_lr:.3e} (steepest descent){scaled}; loss minimum at {search.min_loss_lr:.3e}")
         if quick:
             self.log(quick)

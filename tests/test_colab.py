@@ -275,6 +275,16 @@ def test_a_quick_check_s_max_lr_stays_below_the_range_test_s_loss_minimum(lr_sca
     assert (why is None) == (lr == suggested * lr_scale)
 
 
+@pytest.mark.parametrize("per_epoch, total, expected", [(391, 9384, 100), (32, 64, 32), (4, 8, 17), (60, 120, 100),
+                                                          (60, 90, 60)])
+def test_a_quick_check_s_range_test_takes_one_epoch_and_a_full_run_the_recipe_s(per_epoch, total, expected):
+    from utils.recipe import Recipe
+
+    steps, why = Recipe("r", lr_iters=100).range_test_steps(per_epoch, total)
+    assert steps == expected and (why is None) == (steps == 100)
+    assert steps < total or steps in (17, 100)  # fewer range-test steps than training steps, where the curve allows
+
+
 @pytest.mark.slow
 def test_a_quick_check_gets_a_smaller_batch_and_a_capped_max_lr_and_trains(data_2000, tmp_path):
     from assignments.recipes import recipe
@@ -291,7 +301,9 @@ def test_a_quick_check_gets_a_smaller_batch_and_a_capped_max_lr_and_trains(data_
     log = (tmp_path / "q" / "log.txt").read_text()
     assert "batch 64, not the recipe's 512: 2000 training images make 4 step(s) per epoch at 512, 32 at 64" in log
     assert (f"max LR {run.max_lr:.3e}, not the recipe's {10 * search['suggested_lr']:.3e}: this run has 64 training "
-            f"steps, fewer than the range test's 100") in log
+            f"steps, fewer than the recipe's 100 range-test steps") in log
+    assert len(search["lrs"]) == 32 and ("LR range test (32 steps, not the recipe's 100: this run has 64 training "
+                                         "steps, so the range test takes one epoch (at least 17) on the training set)") in log
     assert "DOCTOR" not in log and "batch 64" in log.split("one-cycle:")[1].splitlines()[0]
     assert run.history[-1]["test_acc"] > 30 and run.history[-1]["test_loss"] < 2.3  # chance: 10%, ln 10
 

@@ -20,6 +20,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 QUICK_STEPS = 30  # steps per epoch a subset gets at least (with a batch no smaller than QUICK_MIN_BATCH)
 QUICK_MIN_BATCH = 32
 QUICK_LR_MARGIN = 3  # a quick check's max LR is at most the range test's loss-minimum LR / this
+RANGE_TEST_MIN = 17  # range-test steps the suggestion needs: 10 left out at the start, 5 at the end, 2 to compare
 
 
 @dataclass
@@ -92,7 +93,19 @@ class Recipe:
         if lr < unscaled:
             takes.append(f"at most 1/{QUICK_LR_MARGIN:g} of the loss minimum {min_loss_lr:.3e}")
         return lr, (f"max LR {lr:.3e}, not the recipe's {full:.3e}: this run has {steps} training steps, fewer than "
-                    f"the range test's {self.lr_iters}, so a quick check takes {', and '.join(takes)}")
+                    f"the recipe's {self.lr_iters} range-test steps, so a quick check takes {', and '.join(takes)}")
+
+    def range_test_steps(self, steps_per_epoch: int, total_steps: int) -> tuple[int, str | None]:
+        """Steps of the LR range test: the recipe's ``lr_iters``, or for a run with fewer training steps than
+        that (a quick check) one epoch of it, but not fewer than the test's curve needs (``RANGE_TEST_MIN``).
+        Returns (steps, why it was made shorter)."""
+        if total_steps >= self.lr_iters:
+            return self.lr_iters, None
+        steps = min(self.lr_iters, max(RANGE_TEST_MIN, steps_per_epoch))
+        if steps == self.lr_iters:
+            return steps, None
+        return steps, (f"{steps} steps, not the recipe's {self.lr_iters}: this run has {total_steps} training steps, "
+                       f"so the range test takes one epoch (at least {RANGE_TEST_MIN})")
 
     def criterion(self) -> nn.Module:
         return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
