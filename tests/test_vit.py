@@ -1,6 +1,5 @@
 """S10's ViT (models/model10.py): each image attends only to its own tokens; the written-out and the fused
-attention compute the same thing; the attention figures see the weights either way; the doctor flags the LR at
-which the course's students saw it stagnate and is quiet at the recipe's."""
+attention compute the same thing; the attention figures see the weights either way; the doctor is quiet on a ViT that learns."""
 import pytest
 import torch
 
@@ -62,17 +61,7 @@ def test_the_attention_figures_see_the_same_weights_either_way():
 
 
 @pytest.mark.slow
-def test_the_doctor_flags_adam_at_the_lr_students_saw_stagnate_within_the_first_epoch():
-    set_seed(0)
-    data = colour_task(32 * STEPS, 200)
-    history, doctor = run(ViT(), data, epochs=1, max_lr=0.05)
-    collapse = [f for f in doctor.findings if f.kind == "collapse"]
-    assert collapse and collapse[0].step <= STEPS, doctor.findings
-    assert history[-1]["test_acc"] < 25  # it really did stagnate
-
-
-@pytest.mark.slow
-def test_the_doctor_is_quiet_at_the_recipe_s_lr():
+def test_the_doctor_is_quiet_on_a_vit_that_learns():
     set_seed(0)
     data = colour_task(32 * STEPS, 300)
     history, doctor = run(ViT(), data, epochs=2, max_lr=1e-3)
