@@ -282,9 +282,12 @@ class Run:
 
     # --- what the run leaves -----------------------------------------------------------------------
     def doctor_findings(self) -> str:
-        """The training doctor's findings in plain words (logged), or that it found nothing, and what it could check."""
-        findings = "\n".join(f"step {f['step']}: {f['kind']}: {f['message']}" for f in self.result.health)
-        text = (findings or "Training doctor: no finding") + f" ({self.result.checks.get('doctor', 'not run')})"
+        """One line (logged): the training doctor's findings by kind and step (each was logged in full where it was
+        made), or that it found nothing, and what it could check."""
+        health, judged = self.result.health, self.result.checks.get("doctor", "not run")
+        where = ", ".join(f"{f['kind']} at step {f['step']}" for f in health)
+        text = (f"Training doctor: {len(health)} finding(s), logged in full above: {where} ({judged})" if health
+                else f"Training doctor: no finding ({judged})")
         self.log(text)
         return text
 

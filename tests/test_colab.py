@@ -371,6 +371,23 @@ def test_fit_hands_each_epoch_s_test_loss_to_the_doctor():
     assert [f.kind for f in doctor.findings] == ["divergence"] and "that of guessing" in doctor.findings[0].message
 
 
+@pytest.mark.slow
+def test_a_finding_is_logged_once_and_the_doctor_s_last_line_points_to_it(folder_dir, tmp_path):
+    from assignments.run import Run
+    from utils.recipe import Recipe
+
+    run = Run(recipe=Recipe("loud", epochs=1, batch_size=16, model=LoudInEval), data_dir=str(folder_dir), subset=64,
+              device="cpu", lr="0.01", out=str(tmp_path / "loud"), tensorboard=False)
+    run.run_all()
+    run.doctor_findings()  # the notebooks' cell after training
+    log = (tmp_path / "loud" / "log.txt").read_text()
+    finding = run.result.health[0]
+    assert finding["kind"] == "divergence" and log.count(finding["message"]) == 1
+    last = [line for line in log.splitlines() if line.startswith("Training doctor:")]
+    assert last == [f"Training doctor: 1 finding(s), logged in full above: divergence at step {finding['step']} "
+                    f"({run.result.checks['doctor']})"]
+
+
 def test_keep_zips_the_run_and_downloads_it_in_colab_or_copies_it_to_drive(tmp_path, monkeypatch):
     import types
 
