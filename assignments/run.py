@@ -298,11 +298,12 @@ class Run:
         print("\n".join(f"{p}  ({p.stat().st_size:,} bytes)" for p in paths))
         return paths
 
-    def keep(self, to_drive: bool = False) -> Path:
-        """Zip the out folder and, in Colab, download it (or copy it to Google Drive): :func:`utils.keep.keep_run`."""
+    def keep(self, to_drive: bool = False, checkpoint: bool | None = None) -> Path:
+        """Zip the out folder and, in Colab, download it (without checkpoint.pt unless ``checkpoint``) or copy it to
+        Google Drive (with it): :func:`utils.keep.keep_run`."""
         from utils.keep import keep_run
 
-        return keep_run(self.out, to_drive)
+        return keep_run(self.out, to_drive, checkpoint=checkpoint)
 
     def app(self, **options):
         """Explore the trained model in the browser, inline in Colab and Jupyter: :func:`assignments.app.app`

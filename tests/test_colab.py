@@ -207,7 +207,8 @@ def test_in_colab_run_all_clones_the_fork_trains_and_downloads_the_zipped_run(na
     downloaded = (tmp_path / "downloads.txt").read_text().split()
     assert downloaded == [str(tmp_path / "run.zip")]
     with zipfile.ZipFile(downloaded[0]) as z:
-        assert {"run/report.md", "run/log.txt", "run/metrics.json", "run/checkpoint.pt"} <= set(z.namelist())
+        assert {"run/report.md", "run/log.txt", "run/metrics.json", "run/curves.png"} <= set(z.namelist())
+        assert "run/checkpoint.pt" not in z.namelist()  # the weights stay in the runtime unless asked for
     out.cells[next(i for i, c in enumerate(out.cells) if "REPO_URL = " in c.source)].source = published
     assert_colab_clean(out, name)
 
@@ -395,7 +396,7 @@ def test_keep_zips_the_run_and_downloads_it_in_colab_or_copies_it_to_drive(tmp_p
 
     out = tmp_path / "runs" / "S9-x"
     out.mkdir(parents=True)
-    for name in ("report.md", "log.txt", "metrics.json", "curves.png", ".lock"):
+    for name in ("report.md", "log.txt", "metrics.json", "curves.png", ".lock", "checkpoint.pt"):
         (out / name).write_text(name)
     calls = []
     colab = types.ModuleType("google.colab")
@@ -410,9 +411,12 @@ def test_keep_zips_the_run_and_downloads_it_in_colab_or_copies_it_to_drive(tmp_p
     first = archive.read_bytes()
     kept = keep_run(out, to_drive=True, drive_dir=str(tmp_path / "drive"))  # a second zip: S9-x-2.zip
     assert calls[-1] == ("mount", "/content/drive") and kept == tmp_path / "drive" / "S9-x-2.zip" and kept.is_file()
+    assert "S9-x/checkpoint.pt" in zipfile.ZipFile(kept).namelist()  # Drive keeps the weights
+    asked = keep_run(out, checkpoint=True)  # a download with the weights, when asked
+    assert "S9-x/checkpoint.pt" in zipfile.ZipFile(asked).namelist() and asked.name == "S9-x-3.zip"
     monkeypatch.delitem(sys.modules, "google.colab")
     calls.clear()
-    assert keep_run(out) == tmp_path / "runs" / "S9-x-3.zip" and calls == []  # outside Colab: the path printed
+    assert keep_run(out) == tmp_path / "runs" / "S9-x-4.zip" and calls == []  # outside Colab: the path printed
     assert archive.read_bytes() == first  # an earlier zip is never replaced
 
 

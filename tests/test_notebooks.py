@@ -95,3 +95,23 @@ def test_every_committed_cell_has_an_id(name):
     """nbformat 4.5 needs cell ids; nbformat.read adds missing ones silently, so read the file as it is."""
     cells = json.loads((REPO / "assignments" / f"{name}.ipynb").read_text())["cells"]
     assert all("id" in c for c in cells), f"{name}: a cell without an id"
+
+
+COLAB_PREINSTALLED = {"torch", "torchvision", "timm", "safetensors", "matplotlib", "tqdm", "numpy", "pillow",
+                      "tensorboard", "gradio", "ipywidgets", "albumentations"}  # Colab's runtime, August 2026
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_first_cell_installs_only_what_colab_lacks_without_a_restart_note(name):
+    nb = nbformat.read(REPO / "assignments" / f"{name}.ipynb", as_version=4)
+    first = next(c.source for c in code_cells(nb) if "REPO_URL = " in c.source)
+    assert "%pip" not in first  # IPython's %pip ends with "you may need to restart the kernel"; nothing needs one
+    lacks = ast.literal_eval(re.search(r"^COLAB_LACKS = (\[.*?\])", first, flags=re.M).group(1))
+    names = {re.split(r"[=<>]", p)[0].lower() for p in lacks}
+    assert not names & (COLAB_PREINSTALLED - {"albumentations"})  # albumentations: pinned, a no-op where Colab has 2.0.8
+    runtime = {re.split(r"[=<>]", line)[0].lower() for line in (REPO / "requirements.txt").read_text().splitlines()
+               if line and not line.startswith("#")}
+    tests_only = {"pytest", "nbformat", "nbclient", "ipykernel", "selenium"}
+    assert runtime - tests_only - COLAB_PREINSTALLED <= names
+    app = next(c.source for c in code_cells(nb) if "APP = False" in c.source)
+    assert 'find_spec("gradio") is None' in app  # installs gradio only where it is missing

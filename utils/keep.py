@@ -8,12 +8,14 @@ from pathlib import Path
 
 DRIVE = "/content/drive"
 DRIVE_DIR = f"{DRIVE}/MyDrive/cifar10-runs"
+CHECKPOINT = "checkpoint.pt"  # the weights: most of a ResNet run's size (S7: 89 MB), left out of a download
 
 
-def zip_run(out: str | Path) -> Path:
+def zip_run(out: str | Path, checkpoint: bool = True) -> Path:
     """``out`` as ``out.zip`` beside it (``out-2.zip``, ``out-3.zip`` ... where that exists: an earlier zip is
-    never replaced): every file of the run (report.md, log.txt, metrics.json, the figures, the checkpoint) under
-    the folder's name, the lock file left out. A path that is not a folder is a ValueError naming it."""
+    never replaced): every file of the run (report.md, log.txt, metrics.json, the figures, TensorBoard's files and,
+    with ``checkpoint``, checkpoint.pt) under the folder's name, the lock file left out. A path that is not a
+    folder is a ValueError naming it."""
     out = Path(out).resolve()
     if not out.is_dir():
         raise ValueError(f"keep_run: {out} is not a run folder ({'a file' if out.exists() else 'no such folder'})")
@@ -24,19 +26,26 @@ def zip_run(out: str | Path) -> Path:
     partial = archive.with_name(archive.name + ".partial")
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
         for path in sorted(out.rglob("*")):
-            if path.is_file() and path.name != ".lock":
+            if path.is_file() and path.name != ".lock" and (checkpoint or path.name != CHECKPOINT):
                 z.write(path, Path(out.name) / path.relative_to(out))
     partial.rename(archive)
     return archive
 
 
-def keep_run(out: str | Path, to_drive: bool = False, drive_dir: str = DRIVE_DIR, what: str = "the run") -> Path:
+def keep_run(out: str | Path, to_drive: bool = False, drive_dir: str = DRIVE_DIR, what: str = "the run",
+             checkpoint: bool | None = None) -> Path:
     """Zip the run (:func:`zip_run`); in Colab offer it as a download, or with ``to_drive`` copy it into
     ``drive_dir`` on Google Drive (mounted on first use; if that fails, the local zip is named); elsewhere print
-    where folder and zip are. Returns the zip's path (the copy's, with ``to_drive``)."""
+    where folder and zip are. The checkpoint goes into the zip with ``checkpoint=True`` and by default only to
+    Drive (a browser download of a ResNet's 89 MB is slow; the folder keeps it). Returns the zip's path (the
+    copy's, with ``to_drive``)."""
     import shutil
 
-    archive = zip_run(out)
+    checkpoint = to_drive if checkpoint is None else checkpoint
+    archive = zip_run(out, checkpoint)
+    left_out = Path(out) / CHECKPOINT
+    if not checkpoint and left_out.is_file():
+        print(f"{CHECKPOINT} ({left_out.stat().st_size / 1e6:.1f} MB) left out of the zip: keep(checkpoint=True) adds it")
     if "google.colab" not in sys.modules:
         ignored = " (to_drive needs Colab's Google Drive: ignored here)" if to_drive else ""
         print(f"{what} is in {archive.with_suffix('')}/ and {archive}{ignored}")
