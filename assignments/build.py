@@ -2,7 +2,9 @@
 torch.compile), and the lines that name the device and the command."""
 from __future__ import annotations
 
+import copy
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -90,6 +92,9 @@ def start_lines(run, data, subset: int | None, instance: bool) -> list[str]:
     c, res, world = run.config, run.result, run.world
     lines = [f"{res.name}: {res.model} ({res.params:,} parameters) | device {run.device} ({res.device}) | "
              f"precision {run.precision}{' | torch.compile' if c.compile else ''} | out {run.out}"]
+    hint = cpu_hint(run)
+    if hint:
+        lines.append(hint)
     if world.size > 1:
         lines.append(f"torchrun: {world.size} processes ({'nccl' if run.device.type == 'cuda' else 'gloo'}), "
                      f"{run.batch_size // world.size} images per process per step (global batch {run.batch_size}); "
@@ -111,6 +116,22 @@ def start_lines(run, data, subset: int | None, instance: bool) -> list[str]:
                  f"{res.checks['batch_independence']:.1e} (relative)"
                  + ("; the model returns log-probabilities" if res.checks["log_probs"] else ""))
     return lines
+
+
+def cpu_hint(run, images: int = 32) -> str | None:
+    """In Colab on the CPU: how to get a GPU, and what this run would cost here, from one timed training step
+    (forward and backward) of ``images`` random images on a copy of the model; None elsewhere."""
+    if "google.colab" not in sys.modules or run.device.type != "cpu":
+        return None
+    probe = copy.deepcopy(run.model).train()
+    x, y = torch.randn(images, 3, 32, 32), torch.randint(0, 10, (images,))
+    start = time.perf_counter()
+    torch.nn.functional.cross_entropy(probe(x).float(), y).backward()
+    seconds = time.perf_counter() - start
+    hours = seconds * len(run.train_split) / images * run.epochs * 1.2 / 3600  # 1.2: the test passes and loading
+    return (f"no GPU in this runtime: Runtime -> Change runtime type -> T4 GPU (free) and Run all again; on this CPU "
+            f"one step of {images} images took {seconds:.2f} s, so the {run.epochs} epochs would take about "
+            f"{hours:.1f} h")
 
 
 def build_model(source: nn.Module | Callable[[], nn.Module]) -> nn.Module:

@@ -3,6 +3,7 @@ one command that points every badge and REPO_URL at a fork, quick checks that tr
 and a divergence the doctor names whatever the step count."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -466,3 +467,22 @@ def test_publish_refuses_a_bad_name_or_root_in_one_line_and_leaves_every_file_as
     for p in before:
         if p.suffix == ".ipynb":
             assert "https://github.com/jane/cifar10-lab" in json.dumps(json.loads(p.read_text()))
+
+
+@pytest.mark.slow
+def test_without_a_gpu_in_colab_the_first_lines_say_how_to_get_one_and_what_the_cpu_costs(folder_dir, tmp_path,
+                                                                                           monkeypatch, capsys):
+    import types
+
+    from assignments.run import Run
+
+    options = dict(assignment="S9", data_dir=str(folder_dir), epochs=3, device="cpu", lr="0.01", tensorboard=False)
+    Run(**options, out=str(tmp_path / "here")).close()
+    assert "no GPU" not in capsys.readouterr().out  # outside Colab: nothing to say
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    Run(**options, out=str(tmp_path / "colab")).close()
+    second = capsys.readouterr().out.splitlines()[1]
+    assert second.startswith("no GPU in this runtime: Runtime -> Change runtime type -> T4 GPU (free) and Run all "
+                             "again; on this CPU one step of 32 images took ")
+    assert re.search(r"so the 3 epochs would take about \d+\.\d h$", second), second
