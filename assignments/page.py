@@ -151,8 +151,14 @@ def serve(page, host: str = "127.0.0.1", port: int | None = None, share: bool = 
     with ``block``, until Ctrl-C (the KeyboardInterrupt reaches the caller once the server is closed). Returns
     the page."""
     css = {"css": CSS} if "css" in inspect.signature(page.launch).parameters else {}  # Gradio 6 takes it here
+    colab = "google.colab" in sys.modules and not block and not share  # a browser reaches it through Colab's proxy
     with contextlib.redirect_stdout(io.StringIO()):  # Gradio's own lines (a share link it could not make: 8)
-        page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True, **css)
+        page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
+                    **({"inline": False} if colab else {}), **css)
+    if colab:
+        from google.colab import output
+
+        output.serve_kernel_port_as_iframe(page.server_port, height=1100)
     print(f"The page: {page.local_url} (Ctrl-C stops it)" if block else f"The page: {page.local_url}")
     if share:
         print(f"Public link: {page.share_url}" if page.share_url else

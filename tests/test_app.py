@@ -195,3 +195,22 @@ def test_the_app_command_answers_a_non_image_upload_on_the_page_and_stops_on_ctr
     # --share: a public link, or one line saying there is none (no network here); never a traceback
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
     assert "Public link: https://" in out or err.startswith("note: --share: no public link"), (out, err)
+
+
+def test_in_colab_the_page_is_shown_through_colab_s_port_proxy(trained, monkeypatch):
+    import types
+
+    from assignments.app import app
+    from browser import _free_port
+
+    shown = []
+    colab = types.ModuleType("google.colab")
+    colab.output = types.SimpleNamespace(serve_kernel_port_as_iframe=lambda port, height: shown.append(port))
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    port = _free_port()
+    page = app(trained.out, port=port)
+    try:
+        assert shown == [port]  # not an iframe of 127.0.0.1, which a browser outside the runtime cannot reach
+    finally:
+        page.close()
