@@ -1,4 +1,4 @@
-"""``python -m assignments S7|S8|S9 [options]``: train with the assignment's recipe and write log.txt,
+"""``python -m assignments S7|S8|S9|S10 [options]``: train with the assignment's recipe and write log.txt,
 metrics.json, the checkpoint, every figure and report.md into the out directory.
 
 The options are :class:`assignments.config.RunConfig`'s fields. Exit codes: 0 done, 1 a data or run

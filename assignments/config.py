@@ -101,7 +101,8 @@ def option(default, help: str, *, check=None, choices=None, flag: str | None = N
 class RunConfig:
     """What the command line (or a notebook's parameters cell) chooses; None means the recipe's value."""
 
-    assignment: str | None = option(None, "S7, S8 or S9 (a built-in recipe)", choices=ASSIGNMENTS, cli=False)
+    assignment: str | None = option(None, f"a built-in recipe: {', '.join(ASSIGNMENTS)}", choices=ASSIGNMENTS,
+                                        cli=False)
     variant: str = option("spec", "S9's Ultimus block", choices=tuple(S9_VARIANTS))
     epochs: int | None = option(None, "default: the recipe's", check=positive_int)
     batch_size: int | None = option(None, "default: the recipe's; a small --subset gets a smaller one (the log says)",

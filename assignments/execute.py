@@ -1,4 +1,4 @@
-"""Run a notebook headless: ``python -m assignments.execute S9 --set EPOCHS=1 --output OUT.ipynb`` (S7, S8, S9,
+"""Run a notebook headless: ``python -m assignments.execute S9 --set EPOCHS=1 --output OUT.ipynb`` (S7 ... S10,
 template, or the path of any notebook with a cell tagged ``parameters``, e.g. a copied template).
 
 ``--set NAME=VALUE`` takes only names the parameters cell assigns, and values that are Python literals (``1``,
@@ -204,8 +204,9 @@ def _command(name: str, parameters: dict, output) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m assignments.execute",
                                 description="Run a notebook headless and write it with a run note.")
-    p.add_argument("notebook", help="S7, S8, S9, template (assignments/NAME.ipynb) or the path of a notebook with "
-                                    "a cell tagged 'parameters'")
+    named = ", ".join(sorted((f.stem for f in (REPO / "assignments").glob("*.ipynb")), key=lambda n: (len(n), n)))
+    p.add_argument("notebook", help=f"{named} (assignments/NAME.ipynb) or the path of a notebook with a cell tagged "
+                                    f"'parameters'")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter of the notebook's parameters cell: a Python literal or a bare word, e.g. EPOCHS=1")
     p.add_argument("--output", required=True, help="where to write the executed notebook")
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
     source = Path(args.notebook) if args.notebook.endswith(".ipynb") else REPO / "assignments" / f"{args.notebook}.ipynb"
     try:
         if not source.is_file():
-            raise ValueError(f"{args.notebook}: no such notebook; give S7, S8, S9, template or a path to a .ipynb")
+            raise ValueError(f"{args.notebook}: no such notebook; give {named} or a path to a .ipynb")
         defaults = notebook_parameters(nbformat.read(source, as_version=4), source)
         params = parse_sets(args.set, defaults)
         check_parameters(params, defaults)
