@@ -236,3 +236,23 @@ def test_the_notebooks_space_cell_writes_and_zips_it_or_says_in_one_line_why_not
     assert s9_run.space(tmp_path / "shared") is None  # not empty: nothing replaced
     said = capsys.readouterr().out.strip().splitlines()
     assert said[-1].startswith("Space not written: ") and said[-1].endswith("or pass --overwrite")
+
+
+@pytest.mark.parametrize("assignment, factory", [("S7", "models.model7:ResNet18"), ("S8", "models.model8:CustomResNet"),
+                                                 ("S10", "models.model10:ViT")])
+def test_every_built_in_recipe_becomes_a_space_whose_model_answers_as_the_run_s(assignment, factory, folder_dir,
+                                                                                 tmp_path):
+    from assignments.space import build_space
+
+    run = Run(assignment=assignment, data_dir=str(folder_dir), epochs=1, batch_size=8, subset=32, lr="0.01",
+              device="cpu", out=str(tmp_path / "run"), tensorboard=False)
+    assert run.run_all() == 0
+    dest = build_space(run.out, tmp_path / "space")  # its model rebuilt from config.json + model.safetensors and
+    config = json.loads((dest / "config.json").read_text())  # compared with the run's before DEST is written
+    assert config["model"]["factory"] == factory and (dest / (factory.split(":")[0].replace(".", "/") + ".py")).is_file()
+    check = subprocess.run([sys.executable, "-c", "import app; ex = app.open_space(); "
+                            "print([(c, round(p, 5)) for c, p in ex.top_k(ex.examples()[0], 2)])"],
+                           cwd=dest, env=dict(os.environ, PYTHONPATH=""), capture_output=True, text=True, timeout=300)
+    ex = open_run(run.out)
+    expected = [(c, round(p, 5)) for c, p in ex.top_k(ex.examples()[0], 2)]
+    assert check.returncode == 0 and check.stdout.strip() == str(expected), check.stderr
