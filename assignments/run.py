@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -289,6 +290,16 @@ class Run:
         text = (f"Training doctor: {len(health)} finding(s), logged in full above: {where} ({judged})" if health
                 else f"Training doctor: no finding ({judged})")
         self.log(text)
+        return text
+
+    def beside(self, committed: str) -> str:
+        """Print this run's numbers beside those of the committed run ``results/<committed>/`` (the numbers the
+        notebook's markdown quotes): :func:`utils.report.beside`."""
+        from utils.report import beside
+
+        where = Path(__file__).resolve().parents[1] / "results" / committed
+        text = beside(self.result, json.loads((where / "metrics.json").read_text()), f"results/{committed}")
+        print(text)
         return text
 
     def write_files(self) -> list[Path]:

@@ -115,3 +115,21 @@ def test_the_first_cell_installs_only_what_colab_lacks_without_a_restart_note(na
     assert runtime - tests_only - COLAB_PREINSTALLED <= names
     app = next(c.source for c in code_cells(nb) if "APP = False" in c.source)
     assert 'find_spec("gradio") is None' in app  # installs gradio only where it is missing
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_beside_cell_puts_this_run_next_to_the_committed_run_the_markdown_quotes(name):
+    from utils.report import RunResult, beside
+
+    nb = nbformat.read(REPO / "assignments" / f"{name}.ipynb", as_version=4)
+    cells = [c.source for c in code_cells(nb) if c.source.startswith("run.beside(")]
+    if name in ("template", "S10"):  # no committed run to compare with
+        assert not cells
+        return
+    folder = re.fullmatch(r'run\.beside\("([^"]+)"\);', cells[0]).group(1)
+    committed = json.loads((REPO / "results" / folder / "metrics.json").read_text())
+    this = RunResult(name, "Net", 1, "CIFAR-10 (JPEG copy) in somewhere", "CPU (1 thread)", "fp32", 2,
+                     history=[{"test_acc": 12.5, "step": 7}, {"test_acc": 33.25, "step": 14}])
+    lines = beside(this, committed, folder).splitlines()
+    assert lines[1] == f"{'final test accuracy':<22}{'33.25%':<34}{committed['final_test_acc']:.2f}%"
+    assert lines[2] == f"{'epochs':<22}{2:<34}{len(committed['history'])}"

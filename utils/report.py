@@ -106,3 +106,22 @@ def write_report(result: RunResult, out: str | Path, log_text: str = "") -> Path
     path = Path(out) / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def beside(this: RunResult, committed: dict, where: str) -> str:
+    """This run's numbers beside a committed run's (its metrics.json, read from ``where``) as a small table:
+    final test accuracy, epochs, training images, data, device and precision."""
+    def row(name, ours, theirs):
+        return f"{name:<22}{str(ours):<34}{theirs}"
+
+    last = this.history[-1] if this.history else {}
+    history = committed.get("history") or [{}]
+    lines = [row("", "this run", f"the committed run ({where})"),
+             row("final test accuracy", f"{last['test_acc']:.2f}%" if last else "not trained yet",
+                 f"{committed.get('final_test_acc', float('nan')):.2f}%"),
+             row("epochs", len(this.history), len(committed.get("history", []))),
+             row("training steps", last.get("step", 0), history[-1].get("step", "?")),
+             row("data", this.data.split(" in ")[0], str(committed.get("data", "?")).split(" in ")[0]),
+             row("device", this.device, committed.get("device", "?")),
+             row("precision", this.precision, committed.get("precision", "?"))]
+    return "\n".join(lines)
