@@ -73,23 +73,24 @@ class Unreadable(str):
 
 def image_input(gr, **kwargs):
     """A ``gr.Image`` (PIL) whose upload Pillow cannot read arrives as :class:`Unreadable` (Gradio itself would
-    print a traceback in the terminal and show an empty error on the page)."""
+    print a traceback in the terminal and show an empty error on the page). The instance's ``preprocess`` is
+    wrapped: a subclass of a Gradio component makes Gradio write a ``.pyi`` file beside this module."""
     from PIL import Image
 
-    class ImageInput(gr.Image):
-        def get_block_name(self) -> str:  # drawn by the browser as the image box it is
-            return "image"
+    image = gr.Image(type="pil", **kwargs)
+    read = image.preprocess
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except Image.UnidentifiedImageError:
-                return Unreadable("the upload is not an image Pillow can read")
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, too large
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                return Unreadable(f"the upload cannot be read as an image: {reason}")
+    def preprocess(payload):
+        try:
+            return read(payload)
+        except Image.UnidentifiedImageError:
+            return Unreadable("the upload is not an image Pillow can read")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, too large
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return Unreadable(f"the upload cannot be read as an image: {reason}")
 
-    return ImageInput(type="pil", **kwargs)
+    image.preprocess = preprocess
+    return image
 
 
 def build(ex: Explorer, gallery_size: int = 10, max_mistakes: int = 100, example_files: list[str] | None = None):

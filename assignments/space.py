@@ -14,6 +14,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -133,7 +134,7 @@ def readme(ex: RunExplorer, metrics: dict, accuracy: str, title: str, license_: 
     commands = "\n".join(metrics.get("commands") or [])
     shown = "\n\n".join(f"![{f[:-4]}]({f})" for f in figures)
     return f"""---
-title: {title}
+title: {json.dumps(title, ensure_ascii=False)}
 emoji: 🖼️
 colorFrom: indigo
 colorTo: green
@@ -265,6 +266,10 @@ def build_space(run_dir: str | Path, dest: str | Path, data_dir: str | None = No
         raise SpaceError(f"{dest}: the Space cannot replace the run folder or a folder inside it")
     if not 1 <= mistakes <= 100:
         raise SpaceError(f"--mistakes must be 1 to 100; got {mistakes}")
+    if title is not None and not re.fullmatch(r"[^\x00-\x1f]{1,60}", title):
+        raise SpaceError(f"--title must be one line of 1 to 60 characters; got {title!r}")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license_):
+        raise SpaceError(f"--license must be a license id such as mit or apache-2.0; got {license_!r}")
     seeds = [Path(r) for r in seed_runs]
     for r in seeds:
         if not (r / "metrics.json").is_file():

@@ -195,6 +195,7 @@ def test_the_app_command_answers_a_non_image_upload_on_the_page_and_stops_on_ctr
     # --share: a public link, or one line saying there is none (no network here); never a traceback
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
     assert "Public link: https://" in out or err.startswith("note: --share: no public link"), (out, err)
+    assert not list((REPO / "assignments").glob("*.pyi"))  # Gradio writes one beside a module that subclasses it
 
 
 def test_in_colab_the_page_is_shown_through_colab_s_port_proxy(trained, monkeypatch):

@@ -96,7 +96,7 @@ def test_a_space_runs_alone_and_answers_as_the_run_s_model(s9_run, space_python,
     for f in dest.rglob("*.py"):  # inference only
         assert not [w for w in TRAINING if w in f.read_text()], f
     readme = (dest / "README.md").read_text()
-    assert readme.startswith("---\ntitle: ") and "\nsdk: gradio\n" in readme and "\napp_file: app.py\n" in readme
+    assert readme.startswith('---\ntitle: "CIFAR-10 S9 (spec)"\n') and "\nsdk: gradio\n" in readme and "\napp_file: app.py\n" in readme
     import gradio
 
     assert f"\nsdk_version: {gradio.__version__}\n" in readme and f"gradio=={gradio.__version__}" in \
@@ -215,7 +215,9 @@ def test_bad_input_is_one_line_and_leaves_dest_as_it_was(s9_run, tmp_path):
              ([s9_run.out, full], "is not empty: choose another DEST or pass --overwrite"),
              ([s9_run.out, a_file], "is a file"),
              ([s9_run.out, a_file / "space"], "cannot write there"),
-             ([s9_run.out, tmp_path / "d4", "--mistakes", "0"], "--mistakes must be 1 to 100")]
+             ([s9_run.out, tmp_path / "d4", "--mistakes", "0"], "--mistakes must be 1 to 100"),
+             ([s9_run.out, tmp_path / "d5", "--title", "x\nsdk: docker"], "--title must be one line"),
+             ([s9_run.out, tmp_path / "d6", "--license", "MIT; rm"], "--license must be a license id")]
     for args, message in cases:
         p = space(args)
         assert p.returncode == 1 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)

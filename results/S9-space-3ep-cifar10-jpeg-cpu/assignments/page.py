@@ -73,23 +73,24 @@ class Unreadable(str):
 
 def image_input(gr, **kwargs):
     """A ``gr.Image`` (PIL) whose upload Pillow cannot read arrives as :class:`Unreadable` (Gradio itself would
-    print a traceback in the terminal and show an empty error on the page)."""
+    print a traceback in the terminal and show an empty error on the page). The instance's ``preprocess`` is
+    wrapped: a subclass of a Gradio component makes Gradio write a ``.pyi`` file beside this module."""
     from PIL import Image
 
-    class ImageInput(gr.Image):
-        def get_block_name(self) -> str:  # drawn by the browser as the image box it is
-            return "image"
+    image = gr.Image(type="pil", **kwargs)
+    read = image.preprocess
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except Image.UnidentifiedImageError:
-                return Unreadable("the upload is not an image Pillow can read")
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, too large
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                return Unreadable(f"the upload cannot be read as an image: {reason}")
+    def preprocess(payload):
+        try:
+            return read(payload)
+        except Image.UnidentifiedImageError:
+            return Unreadable("the upload is not an image Pillow can read")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, too large
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return Unreadable(f"the upload cannot be read as an image: {reason}")
 
-    return ImageInput(type="pil", **kwargs)
+    image.preprocess = preprocess
+    return image
 
 
 def build(ex: Explorer, gallery_size: int = 10, max_mistakes: int = 100, example_files: list[str] | None = None):
@@ -151,8 +152,14 @@ def serve(page, host: str = "127.0.0.1", port: int | None = None, share: bool = 
     with ``block``, until Ctrl-C (the KeyboardInterrupt reaches the caller once the server is closed). Returns
     the page."""
     css = {"css": CSS} if "css" in inspect.signature(page.launch).parameters else {}  # Gradio 6 takes it here
+    colab = "google.colab" in sys.modules and not block and not share  # a browser reaches it through Colab's proxy
     with contextlib.redirect_stdout(io.StringIO()):  # Gradio's own lines (a share link it could not make: 8)
-        page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True, **css)
+        page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
+                    **({"inline": False} if colab else {}), **css)
+    if colab:
+        from google.colab import output
+
+        output.serve_kernel_port_as_iframe(page.server_port, height=1100)
     print(f"The page: {page.local_url} (Ctrl-C stops it)" if block else f"The page: {page.local_url}")
     if share:
         print(f"Public link: {page.share_url}" if page.share_url else
