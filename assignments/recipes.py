@@ -8,10 +8,19 @@ from __future__ import annotations
 from functools import partial
 
 from models import CustomResNet, ResNet18, TransformerUltimus, ViT
-from utils.augment import AUGMENTS, AugmentSpec
+from utils.augment import AugmentSpec
 from utils.recipe import Recipe
 
 ASSIGNMENTS = ("S7", "S8", "S9", "S10")
+
+# The assignments' augmentation. S7: "RandomCrop 32, padding 4 + CutOut 16x16"; S8 and S9: "RandomCrop 32 (padding 4)
+# -> FlipLR -> CutOut 8x8"; S10 as S9.
+AUGMENTS = {
+    "S7": AugmentSpec(pad=4, flip=False, cutout=16),
+    "S8": AugmentSpec(pad=4, flip=True, cutout=8),
+    "S9": AugmentSpec(pad=4, flip=True, cutout=8),
+    "S10": AugmentSpec(pad=4, flip=True, cutout=8),
+}
 
 # S9 variants of the Ultimus block: the spec and the three measured alternatives (results/README.md).
 S9_VARIANTS = {
@@ -62,7 +71,7 @@ def recipe(assignment: str, variant: str = "spec") -> Recipe:
         # Max LR: the range test's steepest descent (2.3e-3 on the whole training set of CIFAR-10 (JPEG copy)). On
         # 10,000 train / 10,000 test images, 4 epochs, 2.7e-3 reached 37.42% and 9.1e-4 36.59%: results/README.md.
         return Recipe("S10", epochs=24, batch_size=128, optimizer="adamw", weight_decay=0.05, label_smoothing=0.1,
-                      model=ViT, augment=AugmentSpec(pad=4, flip=True, cutout=8),
+                      model=ViT, augment=AUGMENTS["S10"],
                       channels_last=CHANNELS_LAST["S10"],
                       notes="AdamW with decoupled weight decay 0.05, the usual ViT optimizer; one-cycle over 24 "
                             "epochs to the range test's suggestion; label smoothing 0.1")

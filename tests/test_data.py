@@ -11,7 +11,8 @@ from PIL import Image
 
 from synthetic import colour_task, write_batches
 from utils.data import CLASSES, DataError, ImageSplit, channel_stats, load_cifar10
-from utils.augment import AUGMENTS, AugmentSpec, mean_pixel
+from assignments.recipes import AUGMENTS
+from utils.augment import AugmentSpec, mean_pixel
 from utils.transforms import make_loaders, eval_transform, train_transform
 
 

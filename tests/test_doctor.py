@@ -14,7 +14,7 @@ from utils.doctor import Doctor, TrainingStopped
 from utils.lr import one_cycle
 from utils.seed import set_seed
 from utils.train import fit
-from utils.augment import AUGMENTS
+from assignments.recipes import AUGMENTS
 from utils.transforms import make_loaders
 
 STEPS = 100  # steps per epoch: more than the doctor's grace (20) + window (30) + patience (30)

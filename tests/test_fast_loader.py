@@ -6,7 +6,8 @@ import torch
 from synthetic import colour_task
 from utils.data import ImageSplit, channel_stats
 from utils.fast_loader import GpuLoader, augment_batch, make_fast_loaders
-from utils.augment import AUGMENTS, AugmentSpec
+from assignments.recipes import AUGMENTS
+from utils.augment import AugmentSpec
 from utils.transforms import make_loaders, train_transform
 
 FILL = torch.tensor([50, 100, 150], dtype=torch.uint8)

@@ -6,7 +6,7 @@ from synthetic import colour_task
 from utils.data import channel_stats
 from utils.lr import find_lr
 from utils import plots
-from utils.augment import AUGMENTS
+from assignments.recipes import AUGMENTS
 from utils.transforms import AugmentedSplit, EpochLoader, train_transform
 
 

@@ -15,7 +15,7 @@ from utils.lr import one_cycle
 from utils.seed import set_seed
 from utils.callbacks import Callback, EpochLog
 from utils.train import evaluate, fit
-from utils.augment import AUGMENTS
+from assignments.recipes import AUGMENTS
 from utils.transforms import make_loaders
 from utils.data import channel_stats
 

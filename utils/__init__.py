@@ -10,7 +10,7 @@ _EXPORTS = {
     "attention": ["AttentionStats", "attention_stats", "effective_rank", "entropy_per_block", "recording",
                   "row_entropy", "ultimus_blocks"],
     "attention_plots": ["attention_entropy_figure", "attention_maps_figure"],
-    "augment": ["AUGMENTS", "AugmentSpec"],
+    "augment": ["AugmentSpec"],
     "callbacks": ["Callback", "EpochLog", "FitState", "History", "Measure", "ProgressBar", "StepRow"],
     "checks": ["batch_independence", "logits_view", "returns_log_probs"],
     "data": ["CLASSES", "CifarData", "DataError", "ImageSplit", "channel_stats", "load_cifar10"],

@@ -1,7 +1,7 @@
-"""Albumentations pipelines per assignment, and the Dataset/DataLoader that apply them.
+"""Albumentations pipelines from an :class:`utils.augment.AugmentSpec`, and the Dataset/DataLoader that apply them.
 
-S7: "RandomCrop 32, padding 4 + CutOut 16x16"; S8 and S9: "RandomCrop 32 (padding 4) -> FlipLR ->
-CutOut 8x8". Padding and cutout fill with the dataset mean; test split: Normalize + ToTensorV2 only.
+Pad, random 32x32 crop, horizontal flip, one square CutOut hole (as the spec says); padding and cutout fill with
+the dataset mean; test split: Normalize + ToTensorV2 only.
 Pipelines use ``strict=True`` so a misspelt (e.g. albumentations 1.x) argument raises.
 """
 from __future__ import annotations
