@@ -25,8 +25,9 @@ PROBE_IMAGES = 256  # the attention measurements (entropy per epoch, ViT maps): 
 class Analysis:
     def __init__(self, model: nn.Module, test_split: ImageSplit, test_loader, mean, std, precision: Precision,
                  result: RunResult, log: Callable[[str], None], save: Callable[[str, object], object],
-                 log_probs: bool = False):
+                 log_probs: bool = False, gallery: int = 10):
         self.model, self.test_split, self.test_loader = model, test_split, test_loader
+        self.gallery = gallery  # images in the mistakes, Grad-CAM and rollout figures unless a call says
         self.mean, self.std, self.precision = mean, std, precision
         self.result, self.log, self.save, self.log_probs = result, log, save, log_probs
         self.attention_kind = model_attention(model)  # None for a model without attention
@@ -71,19 +72,20 @@ class Analysis:
         logits, y = self.predict()
         return self.save("confusion", plots.confusion_figure(confusion(logits.argmax(1), y)))
 
-    def misclassified(self, n: int):
-        """The ``n`` most confident mistakes on the test split."""
+    def misclassified(self, n: int | None = None):
+        """The ``n`` (default: the gallery size) most confident mistakes on the test split."""
         logits, y = self.predict()
-        idx, x, _, _ = self._mistakes(n)
+        idx, x, _, _ = self._mistakes(n or self.gallery)
         images = plots.denormalize(x, self.mean, self.std) if idx else None
         return self.save("misclassified", plots.misclassified_figure(images, logits, y, idx))
 
-    def gradcam(self, n: int, layer: str | None = None):
-        """Grad-CAM of the predicted and the actual class on the ``n`` most confident mistakes."""
+    def gradcam(self, n: int | None = None, layer: str | None = None):
+        """Grad-CAM of the predicted and the actual class on the ``n`` (default: the gallery size) most confident
+        mistakes, at ``layer`` (default: the last feature map or token grid of at least 8x8)."""
         from utils.gradcam import (PARALLEL, cam_layer, cam_target, default_target_layer, gradcam_figure,
                                    gradcam_maps_and_weights, weight_cosines)
 
-        idx, x, pred, actual = self._mistakes(n)
+        idx, x, pred, actual = self._mistakes(n or self.gallery)
         if not idx:
             self.log("Grad-CAM: no misclassified images")
             return None
@@ -110,7 +112,7 @@ class Analysis:
                              target=target, cosines=cosines)
         return self.save("gradcam", fig)
 
-    def attention(self, n: int):
+    def attention(self, n: int | None = None):
         """The model's attention, logged with its entropy; returns the heatmap figure (None without attention).
         S9: each Ultimus block's mean attention matrix over the test split and per class; a ViT: the class token's
         attention on the patch grid per layer and head, and its rollout on the ``n`` most confident mistakes
@@ -118,7 +120,7 @@ class Analysis:
         stats = self._attention_stats()
         if stats is None:
             return None
-        idx, x, pred, actual = self._mistakes(n)
+        idx, x, pred, actual = self._mistakes(n or self.gallery)
         mistakes = (x, plots.denormalize(x, self.mean, self.std), actual, pred) if idx else None
         figs = {name: self.save(name, fig) for name, fig in self.attention_kind.map_figures(stats, mistakes).items()}
         return figs["attention_maps"]

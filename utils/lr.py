@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 
-SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's plot() defaults: the curve's noisy ends, left out
+SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's plot() defaults for its 100 steps: the curve's noisy ends, left out
+
+
+def noisy_ends(steps: int) -> tuple[int, int]:
+    """Points left out at the start and the end of a ``steps``-step range test's curve: SKIP_START and SKIP_END per
+    100 steps (a quick check's shorter test keeps its curve), at least one at the start."""
+    return max(1, steps * SKIP_START // 100), steps * SKIP_END // 100
 
 
 @dataclass
@@ -56,7 +62,7 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
         finder.range_test(loader, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)  # and always draws a bar
     lrs, losses = finder.history["lr"], finder.history["loss"]
     finder.reset()
-    skip_start, skip_end = SKIP_START, SKIP_END
+    skip_start, skip_end = noisy_ends(num_iter)
     lowest = int(np.argmin(losses))
     # finder.plot()'s rule (steepest descent of the smoothed loss), searched only up to the loss
     # minimum: past it a noisy dip on the way up can look steeper (seen on S9: 1.2e-2 vs minimum 8.5e-3).
@@ -66,7 +72,7 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
         stop = len(losses) - skip_end
     if stop - skip_start < 2:
         raise ValueError(f"the range test stopped after {len(lrs)} steps (loss diverged); it needs at least "
-                         f"{skip_start + skip_end + 2}: lower start_lr or raise num_iter")
+                         f"{skip_start + skip_end + 2} to find a descent: lower start_lr or raise num_iter")
     descent = np.gradient(np.array(losses[skip_start:stop]))
     suggested = float(lrs[skip_start + int(descent.argmin())])
     min_loss = float(lrs[lowest])

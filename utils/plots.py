@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .data import CLASSES
-from .lr import SKIP_END, SKIP_START
+from .lr import noisy_ends
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
@@ -68,7 +68,8 @@ def lr_figure(search) -> Figure:
     """Range-test loss against LR (log axis) with the suggested LR and the loss-minimum LR marked."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    keep = slice(SKIP_START, -SKIP_END)
+    start, end = noisy_ends(len(search.lrs))
+    keep = slice(start, len(search.lrs) - end)
     lrs, losses = search.lrs[keep] or search.lrs, search.losses[keep] or search.losses
     ax.plot(lrs, losses)
     ax.set_xscale("log")

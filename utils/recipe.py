@@ -20,7 +20,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 QUICK_STEPS = 30  # steps per epoch a subset gets at least (with a batch no smaller than QUICK_MIN_BATCH)
 QUICK_MIN_BATCH = 32
 QUICK_LR_MARGIN = 3  # a quick check's max LR is at most the range test's loss-minimum LR / this
-RANGE_TEST_MIN = 17  # range-test steps the suggestion needs: 10 left out at the start, 5 at the end, 2 to compare
+RANGE_TEST_MIN = 17  # the fewest range-test steps: a curve with a descent to find after its noisy start
 
 
 @dataclass
