@@ -131,7 +131,7 @@ class Run:
         self.tensorboard = (TensorBoard(self.out / "tb", purge_step=self.carried.step + 1 if c.resume else None)
                             if c.tensorboard and self.world.main else None)
         self.analysis = Analysis(self.model, self.test_split, self.test_loader, self.mean, self.std, self.precision,
-                                 self.result, self.log, self._save, log_probs)
+                                 self.result, self.log, self._save, log_probs, gallery=c.gallery)
         for line in start_lines(self, data, subset, instance=isinstance(source, nn.Module)):
             self.log(line)
         if self.model_source is None:
