@@ -61,15 +61,17 @@ def main(argv=None) -> int:
 
 def interrupted_line(run, where, config) -> str:
     """The one line Ctrl-C prints: where training stopped, what is kept, the command that resumes it."""
+    from utils.checkpoint import CHECKPOINT
+
     if where is None or where.epoch is None:  # outside an epoch: setup, range test, figures
-        if run is not None and (run.out / "checkpoint.pt").is_file():
+        if run is not None and (run.out / CHECKPOINT).is_file():
             return f"interrupted outside training; the checkpoint in {run.out} is kept; resume with: " \
                    f"{resume_command(run.out, config)}"
         return "interrupted before training: no epoch was checkpointed, nothing to resume"
     head = f"interrupted at epoch {where.epoch} step {where.step}"
     if where.saved_epoch is None:
         return f"{head}; no epoch was checkpointed, nothing to resume"
-    return (f"{head}; checkpoint of epoch {where.saved_epoch} kept in {run.out / 'checkpoint.pt'}; resume with: "
+    return (f"{head}; checkpoint of epoch {where.saved_epoch} kept in {run.out / CHECKPOINT}; resume with: "
             f"{resume_command(run.out, config)}")
 
 

@@ -55,6 +55,15 @@ class Analysis:
         x = self.test_split.normalized(idx, self.mean, self.std) if idx else None
         return idx, x, [int(logits[i].argmax()) for i in idx], [int(y[i]) for i in idx]
 
+    def draw_all(self) -> None:
+        """Every figure of the trained model, in the notebooks' order: curves, accuracy per class, confusion, the
+        mistakes, Grad-CAM and, for a model with attention, its maps and entropy."""
+        for figure in (self.curves, self.class_accuracy, self.confusion, self.misclassified, self.gradcam):
+            figure()
+        if self.attention_kind:
+            self.attention()
+            self.attention_entropy()
+
     def curves(self):
         if not self.result.history:
             raise ValueError("curves: no epoch trained yet; call train() first")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from utils.checkpoint import CHECKPOINT
+
 from .explore import RunFolderError, open_run
 from .page import build, serve
 
@@ -48,7 +50,7 @@ def port_number(text: str) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m assignments.app", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", help="a run's out folder (with checkpoint.pt)")
+    p.add_argument("run_dir", help=f"a run's out folder (with {CHECKPOINT})")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=None,
                    help="port (default: Gradio's, 7860 or the next free one)")

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.checkpoint import load_run_checkpoint
+from utils.checkpoint import CHECKPOINT, load_run_checkpoint
 from utils.precision import PRECISIONS
 
-from .outdir import CHECKPOINT, OutError, check_new, default_out, holder, in_use
+from .outdir import OutError, check_new, default_out, holder, in_use
 from .recipes import ASSIGNMENTS, S9_VARIANTS, recipe
 from .resume import planned_epochs
 
@@ -209,6 +209,36 @@ class Resolved:
     state: dict | None = None  # the whole checkpoint (a resume)
     ignored: tuple[str, ...] = ()
 
+
+
+def run_config(config: RunConfig | None, recipe, callbacks, options: dict) -> RunConfig:
+    """The options of ``Run(...)``: a RunConfig or keywords (not both), a built-in assignment or a recipe (one of
+    them), callbacks that are :class:`utils.callbacks.Callback` objects. Each refusal is one line."""
+    from utils.callbacks import Callback
+    from utils.recipe import Recipe
+
+    if config is not None and options:
+        raise ValueError(f"Run: pass the options in the RunConfig or as keywords, not both (got {', '.join(options)} "
+                         f"beside a RunConfig)")
+    config = config or RunConfig(**options)
+    if recipe is None and config.assignment is None:
+        raise ValueError(f"Run needs assignment= one of {', '.join(ASSIGNMENTS)}, or recipe=Recipe(...) with a model")
+    if recipe is not None and not isinstance(recipe, Recipe):
+        raise ValueError(f"Run: recipe must be a utils.Recipe; got {type(recipe).__name__}")
+    if recipe is not None and config.assignment is not None:
+        raise ValueError(f"Run: pass assignment={config.assignment!r} (a built-in recipe) or recipe=Recipe(...), "
+                         f"not both")
+    if bad := [cb for cb in callbacks if not isinstance(cb, Callback)]:
+        raise ValueError(f"Run: callbacks must be utils.callbacks.Callback objects; got {type(bad[0]).__name__}")
+    return config
+
+
+def check_tensorboard_folder(out: Path, tensorboard: bool) -> None:
+    """``<out>/tb``, where TensorBoard writes, must be a folder or absent: else one line."""
+    tb = out / "tb"
+    if tensorboard and (tb.is_symlink() or tb.exists()) and not tb.is_dir():
+        raise OutError(f"--out {out}: {tb} is not a folder, where TensorBoard writes; move it away or pass "
+                       f"--no-tensorboard")
 
 
 def resolve_out(config: RunConfig, name: str) -> Resolved:

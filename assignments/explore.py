@@ -12,14 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.checkpoint import CHECKPOINT
 from utils.checks import returns_log_probs
 from utils.data import CLASSES, ImageSplit, channel_stats, load_cifar10
 from utils.gradcam import candidate_layers, default_target_layer
 from utils.metrics import misclassified
 
+from .config import RunConfig
 from .explorer import Explorer
 from .model_source import ModelSourceError, rebuild
-from .outdir import CHECKPOINT
 from .recipes import recipe as builtin_recipe
 
 
@@ -97,7 +98,7 @@ def open_run(run_dir: str | Path, model: nn.Module | Callable[[], nn.Module] | N
     mean, std = extra.get("mean"), extra.get("std")
     if mean is None:  # a checkpoint without them: computed as the run computed them, from its training split
         mean, std = channel_stats(data.train.images)
-    subset, seed = config.get("subset"), config.get("seed", 1)
+    subset, seed = config.get("subset"), config.get("seed", RunConfig.seed)
     if not (subset is None or type(subset) is int and subset > 0) or type(seed) is not int:
         raise RunFolderError(f"{path}: its config's subset {subset!r} or seed {seed!r} is not a positive whole number")
     test = data.test.subset(subset, seed)  # the run's own test split

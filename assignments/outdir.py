@@ -16,9 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
+from utils.checkpoint import CHECKPOINT
 from utils.report import FIGURE_TITLES
 
-CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"
 # what a run writes into its folder: removed by --overwrite, nothing else is
 RUN_FILES = (CHECKPOINT, "metrics.json", "log.txt", "report.md", "tb", *(f"{name}.png" for name in FIGURE_TITLES))

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from utils.checkpoint import unwrap
+from utils.checkpoint import CHECKPOINT, first_non_finite, unwrap
 
 
 def planned_epochs(state: dict) -> int | None:
@@ -29,7 +30,7 @@ def check_resumable(state: dict, identity: dict, model: nn.Module, out: Path, st
     saved = extra.get("identity") or {}
     recipe = (extra.get("recipe") or {}).get("name")
     planned = planned_epochs(state)
-    where = f"--resume: {out / 'checkpoint.pt'}"
+    where = f"--resume: {out / CHECKPOINT}"
     if recipe is not None and recipe != identity["recipe"]:
         raise ResumeError(f"{where} is a run of recipe {recipe!r}, not {identity['recipe']!r}; pass the --out of "
                           f"a {identity['recipe']} run")
@@ -80,6 +81,12 @@ class Carried:
         return cls(e.get("max_lr"), e.get("lr_search"), tuple(e.get("commands", [])), e.get("wall_seconds", 0.0),
                    e.get("attention_entropy_start"), history[-1]["step"] if history else 0)
 
+    @classmethod
+    def now(cls, result, wall_seconds: float) -> "Carried":
+        """What a run (its :class:`utils.report.RunResult`) carries so far, after ``wall_seconds`` in all."""
+        return cls(result.max_lr, result.lr_search, tuple(result.commands), wall_seconds,
+                   result.checks.get("attention_entropy_start"))
+
     def extra(self, **identity) -> dict:
         """The checkpoint's ``extra``: these fields (but ``step``, which the history holds) and ``identity``
         (config, recipe, identity, mean, std), as :func:`check_resumable` and the explorer read them."""
@@ -87,3 +94,15 @@ class Carried:
         d.pop("step")
         d["commands"] = list(self.commands)
         return {**identity, **d}
+
+
+def restore_last_good(model: nn.Module, out: Path, history: list[dict], device) -> str:
+    """After the doctor stopped a run: put the last checkpointed epoch's weights back into ``model`` when its own
+    are not finite (so the figures and the report describe that epoch); says which checkpoint that is, or that
+    there is none. ``history`` holds exactly the epochs on disk."""
+    if not history:
+        return "no epoch was checkpointed: nothing to resume or draw"
+    if first_non_finite(model.state_dict()):
+        saved = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+    return f"the last good checkpoint is {out / CHECKPOINT} (epoch {history[-1]['epoch']}); the figures show it"

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from utils.checkpoint import CHECKPOINT
 from utils.images import CLASSES
 
 from .explore import RunExplorer, RunFolderError, open_run
 from .model_source import ModelSourceError, describe
-from .outdir import CHECKPOINT
 from .recipes import recipe as builtin_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,9 +302,23 @@ def build_space(run_dir: str | Path, dest: str | Path, data_dir: str | None = No
     return dest
 
 
+
+def share_run(out: Path, dest: str | Path | None = None, **options) -> Path | None:
+    """:func:`build_space` for a run's out folder (default DEST ``<out>-space``), then the Space zipped and, in Colab,
+    downloaded (:func:`utils.keep.keep_run`). A run it cannot share is said in one line and gives None."""
+    from utils.keep import keep_run
+
+    try:
+        folder = build_space(out, dest or out.with_name(out.name + "-space"), **options)
+    except (SpaceError, RunFolderError) as e:
+        print(f"Space not written: {e}")
+        return None
+    print(f"The Space is in {folder}/ (upload it as its README says)")
+    return keep_run(folder, what="the Space")
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m assignments.space", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", help="a run's out folder (with checkpoint.pt)")
+    p.add_argument("run_dir", help=f"a run's out folder (with {CHECKPOINT})")
     p.add_argument("dest", help="the folder to write the Space into (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace DEST if it is not empty")
     p.add_argument("--data-dir", default=None, help="the run's data, if not where it trained (for the examples)")

@@ -30,7 +30,7 @@ def main(mode: str, data: str, out: str) -> int:
     run = Run(assignment="S9", epochs=2, batch_size=32, lr="0.003", **common)
     run.show_augmented()  # as the command does: same RNG use
     run.find_lr()
-    run.train_loader = StopAtEpoch(run.train_loader, 2)
+    run.data.train_loader = StopAtEpoch(run.data.train_loader, 2)
     try:
         run.train()
     except Interrupted:

@@ -55,7 +55,7 @@ def test_resume_after_a_crash_matches_the_straight_run(batches_dir, tmp_path):
               epochs=2, out=str(tmp_path / "crashed"))
     run.show_augmented()  # the CLI draws this grid first: same RNG use, same batches
     run.find_lr()
-    run.train_loader = StopAtEpoch(run.train_loader, 2)
+    run.data.train_loader = StopAtEpoch(run.data.train_loader, 2)
     with pytest.raises(Interrupted):
         run.train()
     run.close()  # the out folder's lock: held by this process until then

@@ -297,18 +297,18 @@ def test_a_quick_check_gets_a_smaller_batch_and_a_capped_max_lr_and_trains(data_
     s7 = replace(recipe("S7"), model=small_resnet, channels_last=False)  # its batch 512, lr_scale 10, 100 LR steps
     run = Run(recipe=s7, data_dir=str(data_2000), subset=2000, epochs=2, device="cpu", precision="fp32",
               out=str(tmp_path / "q"))
-    assert run.batch_size == 64 and len(run.train_loader) == 32
+    assert run.data.batch_size == 64 and len(run.data.train_loader) == 32
     assert run.run_all() == 0
     search = run.result.lr_search
-    assert run.max_lr == min(search["suggested_lr"], search["min_loss_lr"] / 3)  # not x 10
+    assert run.result.max_lr == min(search["suggested_lr"], search["min_loss_lr"] / 3)  # not x 10
     log = (tmp_path / "q" / "log.txt").read_text()
     assert "batch 64, not the recipe's 512: 2000 training images make 4 step(s) per epoch at 512, 32 at 64" in log
-    assert (f"max LR {run.max_lr:.3e}, not the recipe's {10 * search['suggested_lr']:.3e}: this run has 64 training "
+    assert (f"max LR {run.result.max_lr:.3e}, not the recipe's {10 * search['suggested_lr']:.3e}: this run has 64 training "
             f"steps, fewer than the recipe's 100 range-test steps") in log
     assert len(search["lrs"]) == 32 and ("LR range test (32 steps, not the recipe's 100: this run has 64 training "
                                          "steps, so the range test takes one epoch (at least 17) on the training set)") in log
     assert "DOCTOR" not in log and "batch 64" in log.split("one-cycle:")[1].splitlines()[0]
-    assert run.history[-1]["test_acc"] > 30 and run.history[-1]["test_loss"] < 2.3  # chance: 10%, ln 10
+    assert run.result.history[-1]["test_acc"] > 30 and run.result.history[-1]["test_loss"] < 2.3  # chance: 10%, ln 10
 
 
 def test_a_resume_keeps_the_batch_its_checkpoint_trained_with(data_2000, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from synthetic import colour_task, write_batches
 from utils.data import CLASSES, DataError, ImageSplit, channel_stats, load_cifar10
-from assignments.recipes import AUGMENTS
+from assignments.recipes import ASSIGNMENTS, recipe
 from utils.augment import AugmentSpec, mean_pixel
 from utils.transforms import make_loaders, eval_transform, train_transform
 
@@ -170,7 +170,7 @@ def test_pipelines_build_and_run_without_any_warning():
     img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for spec in AUGMENTS.values():
+        for spec in (recipe(a).augment for a in ASSIGNMENTS):
             out = train_transform(spec, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))(image=img)["image"]
             assert out.shape == (3, 32, 32) and out.dtype == torch.float32
         eval_transform((0.5, 0.4, 0.3), (0.2, 0.2, 0.2))(image=img)
@@ -217,7 +217,7 @@ def test_cutout_probability_counts_8x8_holes_not_the_padding_fill(p):
 
 def test_loader_batches_are_a_function_of_seed_and_epoch():
     split = colour_task(64, 8).train
-    mk = lambda seed: make_loaders(split, split, AUGMENTS["S9"], (0.5,) * 3, (0.25,) * 3, 16, seed=seed)[0]  # noqa: E731
+    mk = lambda seed: make_loaders(split, split, recipe("S9").augment, (0.5,) * 3, (0.25,) * 3, 16, seed=seed)[0]  # noqa: E731
     a, b, c = mk(1), mk(1), mk(2)
     batches = []
     for loader, epoch in ((a, 3), (b, 3), (c, 3), (a, 4)):
@@ -251,3 +251,19 @@ def test_spread_of_an_uneven_split_takes_what_each_class_has():
     labels = np.array([0] * 3 + [1] * 50)
     idx = ImageSplit(np.zeros((53, 32, 32, 3), np.uint8), labels).spread(20)
     assert np.bincount(labels[idx]).tolist() == [3, 17] and idx == sorted(idx)
+
+
+def test_importing_the_library_and_the_run_leaves_the_environment_as_it_was():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    code = ("import os; before = dict(os.environ); import utils.transforms, assignments.run; "
+            "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)); "
+            "print(changed)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

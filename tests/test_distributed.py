@@ -55,7 +55,7 @@ def test_two_processes_write_one_run_whose_test_accuracy_is_the_whole_test_set_s
 
     run = Run(assignment="S9", data_dir=str(data_dir), subset=96, device="cpu", out=str(tmp_path / "check"))
     run.model.load_state_dict(_weights(out))
-    te = evaluate(run.model, run.test_loader, run.precision)
+    te = evaluate(run.model, run.data.test_loader, run.precision)
     assert te["total"] == 96 and te["acc"] == pytest.approx(m["history"][-1]["test_acc"], abs=1e-9)
     assert te["pred_counts"] == m["history"][-1]["pred_counts"]
 

@@ -1,5 +1,6 @@
 """The training doctor flags the original solution's collapse, stays quiet on healthy runs, stops on NaN."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,19 +11,26 @@ from reference_ultimus import seed_model
 from synthetic import PALETTE, colour_task
 from utils.checkpoint import load_checkpoint
 from utils.data import channel_stats
+from utils.checks import batch_dependence_check, schedule_check
 from utils.doctor import Doctor, TrainingStopped
 from utils.lr import one_cycle
 from utils.seed import set_seed
-from utils.train import fit
-from assignments.recipes import AUGMENTS
+from utils.train import batch_stats, fit
+from assignments.recipes import recipe
 from utils.transforms import make_loaders
 
 STEPS = 100  # steps per epoch: more than the doctor's grace (20) + window (30) + patience (30)
 
 
+def observe(doctor, step, loss, logits, targets):
+    """One step's numbers as the loop hands them to the doctor (utils.train.batch_stats, read on the host)."""
+    _, correct, top, spread, size = batch_stats(torch.tensor(loss), logits, targets).tolist()
+    doctor.observe(step, loss, correct, top, spread, int(size))
+
+
 def run(model, data, epochs, max_lr, weight_decay=0.0, doctor=None, checkpoint=None, batch=32):
     mean, std = channel_stats(data.train.images)
-    tr, te = make_loaders(data.train, data.test, AUGMENTS["S9"], mean, std, batch, seed=0)
+    tr, te = make_loaders(data.train, data.test, recipe("S9").augment, mean, std, batch, seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=max_lr / 25, weight_decay=weight_decay)
     sched = one_cycle(opt, max_lr, epochs, len(tr))
     doctor = doctor or Doctor(log=lambda m: None)
@@ -124,7 +132,7 @@ def test_divergence_is_flagged():
     y = torch.arange(10)
     for step in range(1, 31):
         loss = 2.3 if step < 5 else 2.3 * step  # rising far above its start
-        doctor.after_step(step, loss, torch.randn(10, 10), y)
+        observe(doctor, step, loss, torch.randn(10, 10), y)
     assert [f.kind for f in doctor.findings] == ["divergence"]
 
 
@@ -148,7 +156,7 @@ def test_a_dead_layer_is_flagged_as_vanishing():
 ])
 def test_schedule_check(max_lr, min_loss_lr, expected):
     doctor = Doctor(log=lambda m: None)
-    doctor.check_schedule(max_lr, suggested_lr=1e-2 if min_loss_lr is None else 2e-3, min_loss_lr=min_loss_lr)
+    doctor.add(0, schedule_check(max_lr, suggested_lr=1e-2 if min_loss_lr is None else 2e-3, min_loss_lr=min_loss_lr))
     assert [f.kind for f in doctor.findings] == ([expected] if expected else [])
 
 
@@ -157,7 +165,7 @@ def test_each_kind_is_reported_once_and_logged():
     doctor = Doctor(window=5, grace=0, patience=5, log=lines.append)
     y = torch.arange(8) % 10
     for step in range(1, 40):
-        doctor.after_step(step, math.log(10), torch.zeros(8, 10), y)  # constant outputs at ln 10
+        observe(doctor, step, math.log(10), torch.zeros(8, 10), y)  # constant outputs at ln 10
     kinds = [f.kind for f in doctor.findings]
     assert kinds.count("collapse") == 1 and len(lines) == len(kinds)
     assert lines[0].startswith("DOCTOR step 9: collapse: collapsed:")
@@ -170,7 +178,7 @@ def test_a_breakdown_after_learning_is_flagged_as_divergence():
     logits = torch.randn(10, 10)
     for step in range(1, 401):
         loss = 2.3 - min(step, 200) * 0.0045 if step <= 300 else 2.1  # 2.3 -> 1.4, plateau, jump to 2.1
-        doctor.after_step(step, loss, logits, y)
+        observe(doctor, step, loss, logits, y)
     assert [f.kind for f in doctor.findings] == ["divergence"]
     assert doctor.findings[0].step > 300
 
@@ -184,7 +192,7 @@ def test_a_fresh_spec_network_at_ln10_but_above_chance_accuracy_is_not_collapsed
         logits = torch.randn(128, 10) * 1e-7 * 10 ** (step / 20)
         logits[:5, :] = 0
         logits[torch.arange(5), y[:5]] = 1e-7 * 10 ** (step / 20)  # 5 of 128 right + chance on the rest: ~13.5%
-        doctor.after_step(step, math.log(10) - 1e-5, logits, y)
+        observe(doctor, step, math.log(10) - 1e-5, logits, y)
     assert doctor.findings == []
 
 
@@ -212,9 +220,9 @@ def test_batch_dependence_is_a_finding_with_the_measured_difference():
 
     torch.manual_seed(1)
     doctor = Doctor(log=lambda m: None)
-    doctor.check_batch_dependence(0, batch_independence(TransformerUltimus()))
+    doctor.add(0, batch_dependence_check(batch_independence(TransformerUltimus())))
     assert doctor.findings == []
-    doctor.check_batch_dependence(0, batch_independence(seed_model()))
+    doctor.add(0, batch_dependence_check(batch_independence(seed_model())))
     assert [f.kind for f in doctor.findings] == ["batch_dependence"]
     assert "differ by" in doctor.findings[0].message and "utils.checks.batch_independence(model)" in doctor.findings[0].message
 
@@ -223,7 +231,7 @@ def test_batch_dependence_is_a_finding_with_the_measured_difference():
 def test_a_suggestion_at_the_loss_minimum_is_said_and_what_the_run_does(lr_scale, expected):
     lines = []
     doctor = Doctor(log=lines.append)
-    doctor.check_schedule(8.5e-3 * lr_scale, suggested_lr=8.5e-3, min_loss_lr=8.5e-3, lr_scale=lr_scale)
+    doctor.add(0, schedule_check(8.5e-3 * lr_scale, suggested_lr=8.5e-3, min_loss_lr=8.5e-3, lr_scale=lr_scale))
     assert [f.kind for f in doctor.findings] == expected
     assert "steepest descent falls on its loss minimum" in lines[0]
     assert ("the recipe takes 0.333 of it (lr_scale)" in lines[0]) == (lr_scale < 1)
@@ -233,7 +241,7 @@ def test_a_suggestion_at_the_loss_minimum_is_said_and_what_the_run_does(lr_scale
 def test_a_max_lr_past_the_loss_minimum_is_a_finding_unless_the_recipe_scales_it(lr_scale, expected):
     lines = []
     doctor = Doctor(log=lines.append)
-    doctor.check_schedule(0.2, suggested_lr=0.0148, min_loss_lr=0.0313, lr_scale=lr_scale)
+    doctor.add(0, schedule_check(0.2, suggested_lr=0.0148, min_loss_lr=0.0313, lr_scale=lr_scale))
     assert [f.kind for f in doctor.findings] == expected
     assert any("the recipe's 13.5 x the range test's suggestion 0.0148 (lr_scale), past its loss minimum 0.0313" in m
                for m in lines) == (lr_scale > 1)
@@ -245,3 +253,18 @@ def test_advice_names_the_command_and_the_python_api():
     for kind in ("collapse", "divergence", "vanishing", "schedule", "concentrated"):
         assert "command:" in ADVICE[kind] and "Python:" in ADVICE[kind], kind
     assert "tests/test_models.py" not in " ".join(ADVICE.values())
+
+
+def test_a_recipes_advice_follows_the_finding_and_the_general_advice_names_no_assignment():
+    from assignments.recipes import recipe
+    from utils.doctor import ADVICE
+
+    lines = []
+    spec = recipe("S9")
+    doctor = Doctor(log=lines.append, advice=spec.advice)
+    doctor.add(0, schedule_check(8.5e-3, suggested_lr=8.5e-3, min_loss_lr=8.5e-3))
+    assert lines[-1].endswith("S9 without a residual path takes a third of it.")
+    plain = Doctor(log=lines.append, advice=recipe("S10").advice)
+    plain.add(0, schedule_check(8.5e-3, suggested_lr=8.5e-3, min_loss_lr=8.5e-3))
+    assert "S9" not in lines[-1] and lines[-1].endswith("command: --lr).")
+    assert not re.search(r"\bS\d+\b|--variant", " ".join(ADVICE.values()))

@@ -6,7 +6,7 @@ import torch
 from synthetic import colour_task
 from utils.data import ImageSplit, channel_stats
 from utils.fast_loader import GpuLoader, augment_batch, make_fast_loaders
-from assignments.recipes import AUGMENTS
+from assignments.recipes import recipe
 from utils.augment import AugmentSpec
 from utils.transforms import make_loaders, train_transform
 
@@ -72,8 +72,8 @@ def test_cutout_is_one_square_inside_the_image_with_probability_p_and_uniform_pl
 def test_normalised_output_matches_the_classic_path_in_mean_and_std():
     data = colour_task(2000, 10)
     mean, std = channel_stats(data.train.images)
-    fast, _ = make_fast_loaders(data.train, data.test, AUGMENTS["S8"], mean, std, 250, "cpu")
-    classic, _ = make_loaders(data.train, data.test, AUGMENTS["S8"], mean, std, 250)
+    fast, _ = make_fast_loaders(data.train, data.test, recipe("S8").augment, mean, std, 250, "cpu")
+    classic, _ = make_loaders(data.train, data.test, recipe("S8").augment, mean, std, 250)
     stats = []
     for loader in (fast, classic):
         x = torch.cat([b for b, _ in loader])  # (2000, 3, 32, 32)
@@ -85,8 +85,8 @@ def test_normalised_output_matches_the_classic_path_in_mean_and_std():
 def test_test_split_is_in_order_and_equals_the_classic_normalisation():
     data = colour_task(64, 100)
     mean, std = channel_stats(data.train.images)
-    _, fast = make_fast_loaders(data.train, data.test, AUGMENTS["S9"], mean, std, 32, "cpu")
-    _, classic = make_loaders(data.train, data.test, AUGMENTS["S9"], mean, std, 32)
+    _, fast = make_fast_loaders(data.train, data.test, recipe("S9").augment, mean, std, 32, "cpu")
+    _, classic = make_loaders(data.train, data.test, recipe("S9").augment, mean, std, 32)
     for (a, ya), (b, yb) in zip(fast, classic):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         assert torch.equal(ya, yb)
@@ -97,7 +97,7 @@ def test_test_split_is_in_order_and_equals_the_classic_normalisation():
 
 def test_epochs_are_seeded_and_every_item_is_seen_once():
     split = ImageSplit(np.zeros((100, 32, 32, 3), np.uint8), np.arange(100) % 10)
-    loader = GpuLoader(split, AUGMENTS["S9"], (0.5,) * 3, (0.25,) * 3, 32, "cpu", seed=4)
+    loader = GpuLoader(split, recipe("S9").augment, (0.5,) * 3, (0.25,) * 3, 32, "cpu", seed=4)
     loader.set_epoch(1)
     first = torch.cat([y for _, y in loader])
     loader.set_epoch(1)

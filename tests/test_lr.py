@@ -6,7 +6,6 @@ from synthetic import colour_task
 from utils.data import channel_stats
 from utils.lr import find_lr
 from utils import plots
-from assignments.recipes import AUGMENTS
 from utils.transforms import AugmentedSplit, EpochLoader, train_transform
 
 
@@ -24,7 +23,7 @@ def test_range_test_uses_the_training_loader_and_leaves_the_model_alone():
     torch.manual_seed(0)
     data = colour_task(256, 32)
     mean, std = channel_stats(data.train.images)
-    counting = EpochLoader(CountingSplit(data.train, train_transform(AUGMENTS["S9"], mean, std)), 32, True, seed=0)
+    counting = EpochLoader(CountingSplit(data.train, train_transform(recipe("S9").augment, mean, std)), 32, True, seed=0)
     r = recipe("S9")
     model = r.model().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -54,8 +54,8 @@ def test_a_vit_runs_end_to_end_with_grad_cam_on_its_token_grid(factory, layer, f
         assert (out / name).is_file(), name
     checks = json.loads((out / "metrics.json").read_text())["checks"]
     assert checks["gradcam_layer"] == layer and checks["gradcam_grid"] == f"{layer} (8x8 token grid)"
-    x = run.test_split.normalized(range(8), run.mean, run.std)
-    maps = gradcam_maps(run.model, x, [int(c) for c in run.test_split.labels[:8]], layer)
+    x = run.data.test_split.normalized(range(8), run.data.mean, run.data.std)
+    maps = gradcam_maps(run.model, x, [int(c) for c in run.data.test_split.labels[:8]], layer)
     assert maps.shape == (8, 32, 32) and varies_along_both_axes(maps)
     mults = next(line for line in run.result.tables["summary"].splitlines() if "mult-adds" in line)
     # every token's linear layers: depth x tokens x (4 D^2 + 2 D x MLP) + the patch convolution + the head

@@ -14,6 +14,7 @@ from assignments.run import Run
 from models import CustomResNet, ResNet18, TransformerUltimus
 from reference_ultimus import seed_model
 from utils import AugmentSpec, Recipe, batch_independence, default_target_layer, gradcam_maps
+from utils.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,3 +157,71 @@ def test_no_import_circle_in_the_packages():
 
     circles = [m for m in graph if reaches(m, m)]
     assert circles == [], circles
+
+
+class Tally(Callback):
+    """A student's callback: counts each event, stops the first run after epoch 1 (as Ctrl-C would) and keeps its
+    counts in every checkpoint."""
+    state_key = "tally"
+
+    def __init__(self, stop_after: int | None = None):
+        self.counts, self.stop_after, self.loaded = {}, stop_after, None
+
+    def _count(self, event):
+        self.counts[event] = self.counts.get(event, 0) + 1
+
+    def on_fit_start(self, state):
+        self._count("fit_start")
+
+    def on_epoch_start(self, state):
+        self._count("epoch_start")
+
+    def on_steps(self, state, rows):
+        self.counts["steps"] = self.counts.get("steps", 0) + len(rows)
+
+    def after_backward(self, state):
+        self._count("backward")
+
+    def on_test(self, state, entry):
+        self._count("test")
+        entry["tally_steps"] = self.counts.get("steps", 0)  # a callback may add to the epoch's entry
+
+    def on_epoch_end(self, state, entry):
+        self._count("epoch_end")
+        if state.epoch == self.stop_after:
+            raise KeyboardInterrupt
+
+    def state_dict(self):
+        return dict(self.counts)
+
+    def load_state_dict(self, data):
+        self.loaded = dict(data)
+        self.counts = dict(data)
+
+
+def test_a_students_callback_through_run_sees_every_event_and_gets_its_state_back_on_resume(folder_dir, tmp_path):
+    from utils.train import Interrupted
+
+    common = dict(recipe=Recipe("MyNet", epochs=2, batch_size=8), model=LogSoftmaxNet, data_dir=str(folder_dir),
+                  subset=96, device="cpu", lr="0.01", out=str(tmp_path / "cb"), tensorboard=False)  # 12 steps/epoch
+    first = Tally(stop_after=1)
+    run = Run(**common, callbacks=[first])
+    with pytest.raises(Interrupted):
+        run.train()
+    run.close()
+    assert first.counts == {"fit_start": 1, "epoch_start": 1, "steps": 12, "backward": 12, "test": 1, "epoch_end": 1}
+
+    again = Tally()
+    resumed = Run(**common, resume=True, callbacks=[again])
+    assert resumed.run_all() == 0
+    assert again.loaded == first.counts  # its state came back from the checkpoint of epoch 1
+    assert again.counts == {"fit_start": 2, "epoch_start": 2, "steps": 24, "backward": 24, "test": 2, "epoch_end": 2}
+    history = json.loads((tmp_path / "cb" / "metrics.json").read_text())["history"]
+    assert [e["tally_steps"] for e in history] == [12, 24]
+
+
+def test_run_refuses_a_callback_that_is_not_one(folder_dir, tmp_path):
+    with pytest.raises(ValueError, match="callbacks must be utils.callbacks.Callback objects; got function"):
+        Run(recipe=Recipe("MyNet", epochs=1, batch_size=8), model=LogSoftmaxNet, data_dir=str(folder_dir),
+            device="cpu", out=str(tmp_path / "x"), callbacks=[lambda state: None])
+    assert not (tmp_path / "x").exists()

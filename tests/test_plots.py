@@ -34,8 +34,8 @@ EXPECTED_PANELS = {"augmented": 16, "curves": 2, "class_accuracy": 1, "confusion
 
 @pytest.mark.slow
 def test_every_png_exists_and_decodes(tiny_run):
-    assert set(tiny_run.figures) == set(EXPECTED_PANELS)
-    for name, path in tiny_run.figures.items():
+    assert set(tiny_run.result.figures) == set(EXPECTED_PANELS)
+    for name, path in tiny_run.result.figures.items():
         with Image.open(path) as im:
             im.load()
             assert im.width > 200 and im.height > 100, name
@@ -44,10 +44,10 @@ def test_every_png_exists_and_decodes(tiny_run):
 @pytest.mark.slow
 def test_figures_have_the_expected_panels(tiny_run):
     logits, y = tiny_run.analysis.predict()
-    assert len(plots.curves(tiny_run.history).axes) == 2
+    assert len(plots.curves(tiny_run.result.history).axes) == 2
     assert len(plots.class_accuracy_figure(metrics.class_accuracy(logits.argmax(1), y)).axes) == 1
     assert len(plots.confusion_figure(metrics.confusion(logits.argmax(1), y)).axes) == 2  # matrix + colour bar
-    fig = plots.augmented_samples(tiny_run.train_loader, tiny_run.mean, tiny_run.std, n=16)
+    fig = plots.augmented_samples(tiny_run.data.train_loader, tiny_run.data.mean, tiny_run.data.std, n=16)
     assert sum(ax.has_data() for ax in fig.axes) == 16
 
 
@@ -59,7 +59,7 @@ def test_class_table_sums_to_the_test_set_and_confusion_diagonal_is_the_correct_
     assert len(rows) == 10 and sum(r["total"] for r in rows) == len(y) == 50
     cm = metrics.confusion(preds, y)
     assert cm.sum() == len(y) and np.trace(cm) == int((preds == y).sum()) == sum(r["correct"] for r in rows)
-    assert tiny_run.history[-1]["test_acc"] == pytest.approx(100 * np.trace(cm) / len(y))
+    assert tiny_run.result.history[-1]["test_acc"] == pytest.approx(100 * np.trace(cm) / len(y))
 
 
 def test_gallery_holds_only_mistakes_most_confident_first():
@@ -143,7 +143,7 @@ def test_a_collapsed_run_still_gets_its_figures(tmp_path):
 @pytest.mark.slow
 def test_report_links_every_figure_and_carries_the_log(tiny_run):
     text = (tiny_run.out / "report.md").read_text()
-    for name, path in tiny_run.figures.items():
+    for name, path in tiny_run.result.figures.items():
         assert f"]({Path(path).name})" in text
     assert "Test set: Average loss:" in text and "Total params: 25,680" in text and "| trainable parameters | 25,680 |" in text
     metrics = json.loads((tiny_run.out / "metrics.json").read_text())
@@ -191,18 +191,18 @@ def test_gradcam_figure_names_the_columns_with_one_map():
 
 @pytest.mark.slow
 def test_s9_run_measures_attention_every_epoch_and_reports_it(tiny_run):
-    entropies = [h["attention_entropy"] for h in tiny_run.history]
+    entropies = [h["attention_entropy"] for h in tiny_run.result.history]
     assert len(entropies) == 2 and all(len(e) == 4 and all(0 <= v <= math.log(8) + 1e-4 for v in e) for e in entropies)
-    split = tiny_run.test_split  # the last epoch's numbers are the trained model's on the class-spread probe
-    probe = split.normalized(split.spread(PROBE_IMAGES), tiny_run.mean, tiny_run.std)
+    split = tiny_run.data.test_split  # the last epoch's numbers are the trained model's on the class-spread probe
+    probe = split.normalized(split.spread(PROBE_IMAGES), tiny_run.data.mean, tiny_run.data.std)
     assert entropies[-1] == pytest.approx(entropy_per_block(tiny_run.model, probe), abs=1e-4)
     start = tiny_run.result.checks["attention_entropy_start"]  # untrained spec blocks: uniform rows
     assert start == pytest.approx([math.log(8)] * 4, abs=0.01)
-    lines = tiny_run.attention_entropy().axes[0].lines[:4]  # one per block: epoch 0 (start), 1, 2
+    lines = tiny_run.analysis.attention_entropy().axes[0].lines[:4]  # one per block: epoch 0 (start), 1, 2
     assert [list(line.get_xdata()) for line in lines] == [[0, 1, 2]] * 4
     assert [line.get_ydata()[0] for line in lines] == start
     att = json.loads((tiny_run.out / "metrics.json").read_text())["checks"]["attention"]
-    assert att["blocks"] == ["ultimus.0", "ultimus.1", "ultimus.2", "ultimus.3"] and att["images"] == len(tiny_run.test_split)
+    assert att["blocks"] == ["ultimus.0", "ultimus.1", "ultimus.2", "ultimus.3"] and att["images"] == len(tiny_run.data.test_split)
     text = (tiny_run.out / "report.md").read_text()
     assert "## Attention maps" in text and "eff. rank out" in text
 

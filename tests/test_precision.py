@@ -7,6 +7,7 @@ from torch import nn
 
 from synthetic import colour_task
 from test_train import loaders, s9_setup
+from utils.checkpoint import Checkpoint
 from utils.doctor import Doctor, TrainingStopped
 from utils.precision import Precision, resolve_precision
 from utils.seed import set_seed
@@ -157,8 +158,8 @@ def test_fp16_scaler_state_is_checkpointed_and_restored(tmp_path):
     fit(model, _batches(2), _batches(1), opt, nn.CrossEntropyLoss(), 1, checkpoint=tmp_path / "c.pt",
         precision=pr)
     again = Precision("fp16", "cpu")
-    fit(model, _batches(2), _batches(1), opt, nn.CrossEntropyLoss(), 1, checkpoint=tmp_path / "c.pt",
-        resume=True, precision=again)
+    fit(model, _batches(2), _batches(1), opt, nn.CrossEntropyLoss(), 1,
+        checkpoint=Checkpoint(tmp_path / "c.pt", resume=True), precision=again)
     assert again.scaler.get_scale() == pr.scaler.get_scale() == 16384.0
 
 

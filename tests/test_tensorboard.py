@@ -57,7 +57,7 @@ def test_event_files_hold_each_epoch_once_and_a_resume_continues_without_a_repea
     common = dict(recipe=Recipe("tb", epochs=2, batch_size=8), model=Small, data_dir=str(folder_dir), subset=96,
                   device="cpu", lr="0.01", out=str(out))  # 12 steps an epoch: a read at 10, then at 12
     run = Run(**common)
-    run.train_loader = StopInEpoch(run.train_loader, epoch=2, after=11)  # reads step 22, stops at 23
+    run.data.train_loader = StopInEpoch(run.data.train_loader, epoch=2, after=11)  # reads step 22, stops at 23
     with pytest.raises(Interrupted):
         run.train()
     run.close()

@@ -10,19 +10,18 @@ from torch import nn
 from assignments.recipes import recipe
 from models import TransformerUltimus
 from synthetic import colour_task
-from utils.checkpoint import atomic_save, load_checkpoint
+from utils.checkpoint import Checkpoint, atomic_save, load_checkpoint
 from utils.lr import one_cycle
 from utils.seed import set_seed
 from utils.callbacks import Callback, EpochLog
 from utils.train import evaluate, fit
-from assignments.recipes import AUGMENTS
 from utils.transforms import make_loaders
 from utils.data import channel_stats
 
 
 def loaders(data, batch=32, seed=0):
     mean, std = channel_stats(data.train.images)
-    return make_loaders(data.train, data.test, AUGMENTS["S9"], mean, std, batch, seed=seed)
+    return make_loaders(data.train, data.test, recipe("S9").augment, mean, std, batch, seed=seed)
 
 
 def s9_setup(data, epochs, seed=0, max_lr=5e-3, batch=32):
@@ -77,7 +76,7 @@ def test_resume_gives_the_same_metrics_and_weights_as_a_straight_run(tmp_path):
     assert load_checkpoint(tmp_path / "b.pt")["epoch"] == 1
     model, tr, te, opt, sched, crit = s9_setup(data, epochs=2, seed=0)
     torch.manual_seed(999)  # the fresh process's own RNG state must not matter
-    resumed = fit(model, tr, te, opt, crit, 2, sched, checkpoint=tmp_path / "b.pt", resume=True)
+    resumed = fit(model, tr, te, opt, crit, 2, sched, checkpoint=Checkpoint(tmp_path / "b.pt", resume=True))
 
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(resumed) == strip(straight)
@@ -286,7 +285,7 @@ def test_callbacks_get_every_event_in_order_and_their_state_back_on_resume(tmp_p
 
     model, tr, te, opt, sched, crit = s9_setup(data, epochs=2)
     again = Recorder()
-    fit(model, tr, te, opt, crit, 2, sched, callbacks=[again], checkpoint=tmp_path / "c.pt", resume=True)
+    fit(model, tr, te, opt, crit, 2, sched, callbacks=[again], checkpoint=Checkpoint(tmp_path / "c.pt", resume=True))
     assert again.events[:2] == [("fit_start", 1), ("epoch_start", 2)] and again.events[2] == ("backward", 13)
     assert load_checkpoint(tmp_path / "c.pt")["recorder"] == {"saves": 2}  # loaded 1, saved once more
 

@@ -212,9 +212,9 @@ def test_every_step_runs_on_the_model_and_the_explorer_reopens_it(name, folder_d
         assert (out / file).is_file(), file
     log = (out / "log.txt").read_text()
     assert "Traceback" not in log
-    assert ("gradcam" in run.figures) or "Grad-CAM skipped" in log or "no misclassified" in log
+    assert ("gradcam" in run.result.figures) or "Grad-CAM skipped" in log or "no misclassified" in log
     if found == "attention":
-        assert "attention_maps" in run.figures and "attention: none found" not in log, log
+        assert "attention_maps" in run.result.figures and "attention: none found" not in log, log
     elif found == "attention, no grid":  # softmax over 8 feature dims, not positions: measured, not drawn on a grid
         assert "attention row entropy per layer before training" in log and "attention maps skipped: 8 tokens" in log
     else:
@@ -231,7 +231,7 @@ def test_every_step_runs_on_the_model_and_the_explorer_reopens_it(name, folder_d
         ex = open_run(out, model_name=recorded["factory"])
     else:  # timm, torchvision: rebuilt from the checkpoint alone
         ex = open_run(out)
-    image = run.test_split.images[0]
+    image = run.data.test_split.images[0]
     top = ex.top_k(ex.prepare(image)[0], 3)
     assert len(top) == 3
 

@@ -1,5 +1,5 @@
 """The course library: data, augmentation, training, LR search, precision, checks, metrics, figures,
-Grad-CAM, S9's attention measurements, summary, the training doctor, callbacks, TensorBoard and the report.
+Grad-CAM, attention measurements, summary, the training doctor, callbacks, TensorBoard and the report.
 
 The main names are importable from here (``from utils import Recipe, fit, gradcam_figure``); each is
 loaded on first use, so ``import utils`` stays light and has no side effects.

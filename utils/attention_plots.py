@@ -1,4 +1,4 @@
-"""Figures of :mod:`utils.attention` (S9): the mean attention matrices per block and class, and the
+"""Figures of :mod:`utils.attention` (Ultimus blocks): the mean attention matrices per block and class, and the
 attention entropy by epoch beside each block output's spectrum. Built without pyplot, like ``utils.plots``."""
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from .progress import progress
 
 
 class StepRow(NamedTuple):
-    """One training step's numbers as :func:`utils.doctor.batch_stats` computes them, read on the host."""
+    """One training step's numbers as :func:`utils.train.batch_stats` computes them, read on the host."""
     step: int
     loss: float  # the batch's mean cross-entropy
     correct: float  # images predicted right
@@ -50,6 +50,11 @@ class FitState:
     history: list[dict] = field(default_factory=list)  # one entry per epoch done (a resume starts with its own)
     epoch: int = 0  # the epoch in progress (the last one done between epochs)
     step: int = 0  # global optimizer steps so far
+
+
+class TrainingStopped(RuntimeError):
+    """A callback raises it to stop training (the doctor: non-finite loss or gradients, or any finding under
+    ``strict``); :func:`utils.train.fit` keeps the last checkpoint."""
 
 
 class Callback:

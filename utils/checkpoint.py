@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+
+CHECKPOINT = "checkpoint.pt"  # a run's checkpoint in its out folder
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -86,3 +90,11 @@ def load_run_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool 
     if problem:
         raise RuntimeError(f"{path}: not a checkpoint of a run ({problem}); it was not used")
     return state
+
+
+@dataclass
+class Checkpoint:
+    """Where :func:`utils.train.fit` saves the run after every epoch, and what it resumes from first: ``resume``
+    True loads ``path``, a dict is the checkpoint already loaded (:func:`load_run_checkpoint`), None starts afresh."""
+    path: str | os.PathLike
+    resume: bool | dict | None = None

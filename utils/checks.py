@@ -1,7 +1,7 @@
 """Checks a run makes on any model, built-in or a student's: does an image's output depend on the rest of
 its batch, and does the model return log-probabilities instead of logits.
 
-A batch-mixing block (the original S9 solution's ``Q.T @ K`` over the batch) trains, but its test
+A batch-mixing block (``Q.T @ K`` over the batch, as one course solution had it) trains, but its test
 predictions change with the batch they are computed in; ``batch_independence`` measures that. Models
 that end in ``log_softmax`` are common in course code; Grad-CAM should still target the class score
 before the softmax, which ``logits_view`` recovers without touching the model.
@@ -9,6 +9,7 @@ before the softmax, which ``logits_view`` recovers without touching the model.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,7 @@ def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def batch_independence(model: nn.Module, images: torch.Tensor | None = None, batch: int = 64, probes: int = 4,
                        seed: int = 0) -> float:
     """Largest difference between an image's outputs computed alone and computed within a batch, relative to
-    the outputs' size (a fresh S9 network's logits are ~1e-8, so an absolute tolerance would pass anything).
+    the outputs' size (a fresh attention network without a residual path has logits of ~1e-8, so an absolute tolerance would pass anything).
     Measured on the class scores: a model's final ``log_softmax`` is bypassed (:func:`logits_view`).
 
     ``images`` (B, 3, H, W) default to ``batch`` random images; ``probes`` of them are also run one at a
@@ -125,3 +126,42 @@ def logits_view():
     ``skipped`` says how many calls it bypassed (0: there were none, outputs are as they were)."""
     with _SkipLogSoftmax() as mode:
         yield mode
+
+
+# --- pre-flight checks: (kind, what) of a finding for the doctor (utils.doctor.Doctor.add), or None ---------
+def schedule_check(max_lr: float, suggested_lr: float | None, min_loss_lr: float | None = None,
+                   lr_scale: float = 1.0) -> tuple[str, str] | None:
+    """Before training: is the one-cycle max LR far above the range test's suggestion, or is the suggestion the loss
+    minimum itself (a curve with no descent before it) and taken as it is? Returns (kind, what) of a finding,
+    ("note", text) for a choice the recipe made on purpose, or None."""
+    if not suggested_lr:
+        return None
+    if min_loss_lr and math.isclose(suggested_lr, min_loss_lr, rel_tol=1e-6):
+        what = (f"the range test's steepest descent falls on its loss minimum (suggestion = minimum = "
+                f"{suggested_lr:.3g}): the LR where the loss stops falling, at the edge of instability")
+        if lr_scale < 1:
+            return "note", f"{what}; the recipe takes {lr_scale:.3g} of it (lr_scale): {max_lr:.3g}"
+        if max_lr >= 0.8 * suggested_lr:
+            return "no_descent", f"{what}, and the run uses it as it is ({max_lr:.3g})"
+    if lr_scale > 1:  # the recipe's own choice (measured, like any lr_scale); the checks during training still watch
+        past = f", past its loss minimum {min_loss_lr:.3g}" if min_loss_lr and max_lr > min_loss_lr else ""
+        return "note", (f"max LR {max_lr:.3g} is the recipe's {lr_scale:.3g} x the range test's suggestion "
+                        f"{suggested_lr:.3g} (lr_scale){past}")
+    if min_loss_lr and max_lr >= 0.8 * min_loss_lr and min_loss_lr > 3 * suggested_lr:
+        return "schedule", (f"max LR {max_lr:.3g} sits at the range test's loss minimum ({min_loss_lr:.3g}), "
+                            f"{max_lr / suggested_lr:.0f}x its suggestion {suggested_lr:.3g}")
+    if max_lr > 10 * suggested_lr:
+        return "schedule", f"max LR {max_lr:.3g} is {max_lr / suggested_lr:.0f}x the range test's suggestion {suggested_lr:.3g}"
+    return None
+
+
+BATCH_DEPENDENCE = 1e-3  # relative difference of an image's outputs alone vs in a batch above which it is a finding
+
+
+def batch_dependence_check(difference: float, threshold: float = BATCH_DEPENDENCE) -> tuple[str, str] | None:
+    """``difference``: :func:`utils.checks.batch_independence` of the model (relative); above ``threshold`` an
+    image's outputs depend on the rest of its batch. Returns (kind, what) or None."""
+    if difference > threshold:
+        return "batch_dependence", (f"an image's outputs alone and in a batch of 64 differ by {difference:.1e} "
+                                    f"(relative; a per-image model: ~1e-7)")
+    return None

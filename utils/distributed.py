@@ -1,6 +1,6 @@
 """More than one process: torch.distributed as ``torchrun`` sets it up, and nothing when it does not.
 
-``torchrun --nproc_per_node N -m assignments S8 ...`` starts N processes with RANK, LOCAL_RANK and
+``torchrun --nproc_per_node N -m assignments <assignment> ...`` starts N processes with RANK, LOCAL_RANK and
 WORLD_SIZE in their environment; :func:`init` joins them (nccl on CUDA, gloo on the CPU). Every helper
 here is the identity in a single process (Colab, ``python -m assignments``), which runs as before.
 

@@ -1,4 +1,5 @@
-"""The training doctor: watches each step for the failures that kept the original solution's S9 at 10% for 24 epochs.
+"""The training doctor: watches each step for the failures that keep a network at chance (10% on CIFAR-10) for a
+whole run: a collapse to one output, a dying signal, divergence, NaN.
 
 It only looks at what the loop already has (the loss value, the batch's logits and predictions,
 and every ``grad_every`` steps the gradients), so it costs no extra forward pass. Each kind of
@@ -13,23 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .callbacks import Callback
-
-
-def batch_stats(loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """What the doctor reads from one step, as one fp32 tensor (fp64 for fp64 logits) on the logits' device (no
-    host read): [loss, correct count, count of the most common prediction, logits' std across the batch, batch size]."""
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    logits = logits.detach().to(dtype)  # (B, C)
-    preds = logits.argmax(1)  # (B,)
-    spread = logits.std(0).mean() if len(preds) > 1 else logits.new_ones(())
-    return torch.stack([loss.detach().to(dtype).reshape(()), (preds == targets).sum().to(dtype),
-                        torch.bincount(preds, minlength=logits.shape[1]).max().to(dtype), spread,
-                        logits.new_tensor(float(len(preds)))])
-
-
-class TrainingStopped(RuntimeError):
-    """Raised to stop a run: non-finite loss/gradients, or any finding under ``strict``."""
+from .callbacks import Callback, TrainingStopped
 
 
 @dataclass
@@ -54,13 +39,11 @@ ADVICE = {
     "divergence": ("the loss is climbing back up. Likely cause: LR too high for this model. Next: lower the max "
                    "LR to the range test's suggestion (command: --lr; Python: lr=..., or Recipe(lr_scale=...))."),
     "vanishing": ("the signal is dying: {what}. Likely causes: stacked blocks without a residual path at a bad LR, "
-                  "a frozen or disconnected layer. Next: a lower max LR (command: --lr; Python: lr=...); for S9 "
-                  "the residual variant (command: --variant residual; Python: variant=\"residual\")."),
+                  "a frozen or disconnected layer. Next: a lower max LR (command: --lr; Python: lr=...)."),
     "schedule": ("{what}. The steepest descent of the range test is the usual max LR; the loss minimum is already "
                  "past the point where training becomes unstable. Next: the suggestion (command: --lr auto; "
                  "Python: lr=\"auto\")."),
-    "no_descent": ("{what}. Next: a max LR below it (Python: Recipe(lr_scale=1/3) or lr=...; command: --lr); "
-                   "S9 without a residual path takes a third of it."),
+    "no_descent": ("{what}. Next: a max LR below it (Python: Recipe(lr_scale=1/3) or lr=...; command: --lr)."),
     "concentrated": ("{what}: the network favours a few classes. Likely causes: too few steps or images so far, "
                      "a max LR too high or too low, a layer that mixes images across the batch. Next: more epochs "
                      "or images, the range test's suggestion (command: --lr auto; Python: lr=\"auto\")."),
@@ -70,44 +53,6 @@ ADVICE = {
                          + CHECK_MODEL + "."),
 }
 
-
-
-def schedule_check(max_lr: float, suggested_lr: float | None, min_loss_lr: float | None = None,
-                   lr_scale: float = 1.0) -> tuple[str, str] | None:
-    """Before training: is the one-cycle max LR far above the range test's suggestion, or is the suggestion the loss
-    minimum itself (a curve with no descent before it) and taken as it is? Returns (kind, what) of a finding,
-    ("note", text) for a choice the recipe made on purpose, or None."""
-    if not suggested_lr:
-        return None
-    if min_loss_lr and math.isclose(suggested_lr, min_loss_lr, rel_tol=1e-6):
-        what = (f"the range test's steepest descent falls on its loss minimum (suggestion = minimum = "
-                f"{suggested_lr:.3g}): the LR where the loss stops falling, at the edge of instability")
-        if lr_scale < 1:
-            return "note", f"{what}; the recipe takes {lr_scale:.3g} of it (lr_scale): {max_lr:.3g}"
-        if max_lr >= 0.8 * suggested_lr:
-            return "no_descent", f"{what}, and the run uses it as it is ({max_lr:.3g})"
-    if lr_scale > 1:  # the recipe's own choice (S7's was measured); the checks during training still watch
-        past = f", past its loss minimum {min_loss_lr:.3g}" if min_loss_lr and max_lr > min_loss_lr else ""
-        return "note", (f"max LR {max_lr:.3g} is the recipe's {lr_scale:.3g} x the range test's suggestion "
-                        f"{suggested_lr:.3g} (lr_scale){past}")
-    if min_loss_lr and max_lr >= 0.8 * min_loss_lr and min_loss_lr > 3 * suggested_lr:
-        return "schedule", (f"max LR {max_lr:.3g} sits at the range test's loss minimum ({min_loss_lr:.3g}), "
-                            f"{max_lr / suggested_lr:.0f}x its suggestion {suggested_lr:.3g}")
-    if max_lr > 10 * suggested_lr:
-        return "schedule", f"max LR {max_lr:.3g} is {max_lr / suggested_lr:.0f}x the range test's suggestion {suggested_lr:.3g}"
-    return None
-
-
-BATCH_DEPENDENCE = 1e-3  # relative difference of an image's outputs alone vs in a batch above which it is a finding
-
-
-def batch_dependence_check(difference: float, threshold: float = BATCH_DEPENDENCE) -> tuple[str, str] | None:
-    """``difference``: :func:`utils.checks.batch_independence` of the model (relative); above ``threshold`` an
-    image's outputs depend on the rest of its batch. Returns (kind, what) or None."""
-    if difference > threshold:
-        return "batch_dependence", (f"an image's outputs alone and in a batch of 64 differ by {difference:.1e} "
-                                    f"(relative; a per-image model: ~1e-7)")
-    return None
 
 
 # The rules that watch training steps, and the steps each needs before it can fire (its warm-up, from the doctor's
@@ -129,13 +74,15 @@ class Doctor(Callback):
     ``window`` steps of history are compared after ``grace`` steps (a fresh network may briefly
     predict one class), and a condition must hold ``patience`` steps in a row before it is reported.
     ``band`` is how close to ln(num_classes) a stuck loss must stay; a window-mean loss ``rise`` nats
-    above the best window so far is a divergence (an S9 spec run measured 1.4 -> 2.1 before it broke down).
+    above the best window so far is a divergence (an attention network measured 1.4 -> 2.1 before it broke down).
+    ``advice``: more to say after a kind's advice, by kind, from the layer that knows the run's options (a
+    recipe's :attr:`utils.recipe.Recipe.advice`).
     """
     state_key = "health"  # the findings, saved in every checkpoint
 
     def __init__(self, num_classes: int = 10, window: int = 30, grace: int = 20, band: float = 0.02,
                  patience: int = 30, grad_every: int = 10, rise: float = 0.5, crowd: int = 2, strict: bool = False,
-                 log=print):
+                 log=print, advice: dict[str, str] | None = None):
         self.num_classes, self.window, self.grace, self.band = num_classes, window, grace, band
         self.patience = patience
         self.grad_every, self.strict, self.log = grad_every, strict, log
@@ -152,6 +99,7 @@ class Doctor(Callback):
         self.rise = rise
         self.crowd = crowd  # at most this many classes taking 90% of the test predictions is a finding
         self.findings: list[Finding] = []
+        self.advice = advice or {}
 
     # --- the callback's events -------------------------------------------------------------------
     def on_steps(self, state, rows) -> None:
@@ -167,7 +115,7 @@ class Doctor(Callback):
     def on_epoch_end(self, state, entry) -> None:
         previous = state.history[-2]["test_loss"] if len(state.history) > 1 else None
         self.check_test_loss(state.step, entry["test_loss"], previous)
-        if state.epoch == state.epochs:  # early epochs may crowd (a fresh S9 does); the end may not
+        if state.epoch == state.epochs:  # early epochs may crowd (a fresh attention network does); the end may not
             self.check_predictions(state.step, entry["pred_counts"])
 
     def state_dict(self) -> list[dict]:
@@ -178,7 +126,8 @@ class Doctor(Callback):
 
     # --- checks before and after training --------------------------------------------------------
     def add(self, step: int, check: tuple[str, str] | None) -> None:
-        """Record a pre-flight check's result (:func:`schedule_check`, :func:`batch_dependence_check`)."""
+        """Record a pre-flight check's result (:func:`utils.checks.schedule_check`,
+        :func:`utils.checks.batch_dependence_check`)."""
         if check is None:
             return
         kind, what = check
@@ -186,15 +135,6 @@ class Doctor(Callback):
             self.log(f"DOCTOR note: {what}")
         else:
             self._report(step, kind, what)
-
-    def check_schedule(self, max_lr: float, suggested_lr: float | None, min_loss_lr: float | None = None,
-                       lr_scale: float = 1.0) -> None:
-        """:func:`schedule_check`, recorded."""
-        self.add(0, schedule_check(max_lr, suggested_lr, min_loss_lr, lr_scale))
-
-    def check_batch_dependence(self, step: int, difference: float, threshold: float = BATCH_DEPENDENCE) -> None:
-        """:func:`batch_dependence_check`, recorded."""
-        self.add(step, batch_dependence_check(difference, threshold))
 
     def check_gradients(self, step: int, model: nn.Module, overflow_expected: bool = False) -> None:
         """After backward, before the optimizer step: stop on non-finite grads; flag dead layers.
@@ -214,7 +154,8 @@ class Doctor(Callback):
             self.non_finite(step, f"non-finite gradient in {bad[:3]}")
         for (name, _), v in zip(grads, norms):
             self.dead_checks[name] = self.dead_checks.get(name, 0) + 1 if v == 0 else 0
-        # exactly zero for 3 checks in a row: a fresh spec S9 has K/Q gradients of ~1e-17, not 0
+        # exactly zero for 3 checks in a row: a fresh attention block without a residual path measured K/Q gradients
+        # of ~1e-17, not 0
         dead = [n for n, count in self.dead_checks.items() if count >= 3]
         if dead and step > self.grace:
             self._report(step, "vanishing", f"zero gradient in {len(dead)} parameter tensor(s), e.g. {dead[0]}")
@@ -255,11 +196,6 @@ class Doctor(Callback):
         """A NaN/inf the run cannot go on with: reported, and the run stops."""
         self._report(step, "non_finite", what, fatal=True)
 
-    def after_step(self, step: int, loss: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """After each step: the batch loss (a float), logits (B, C) and targets (B,)."""
-        _, correct, top, spread, size = batch_stats(torch.tensor(loss), logits, targets).tolist()
-        self.observe(step, loss, correct, top, spread, int(size))
-
     def observe(self, step: int, loss: float, correct: float, top: float, spread: float, size: int) -> None:
         """One step's numbers, as :func:`batch_stats` computes them on the device (the loop reads them in groups)."""
         if not math.isfinite(loss):
@@ -282,7 +218,7 @@ class Doctor(Callback):
         top = sum(self.top_share) / len(self.top_share)
         chance = 1 / self.num_classes
         stuck_at_chance = max(abs(v - self.chance_loss) for v in self.losses) < self.band
-        # A fresh spec S9 network also sits at ln 10 for ~120 steps (logits ~1e-7), but its accuracy is
+        # A fresh attention network without a residual path sits at ln 10 for ~120 steps (logits ~1e-7), but its accuracy is
         # already well above chance (13-16% on CIFAR-10): only accuracy within 3 sigma of chance counts.
         sigma = math.sqrt(chance * (1 - chance) / max(sum(self.sizes), 1))
         at_chance_acc = acc < chance + 3 * sigma
@@ -310,7 +246,7 @@ class Doctor(Callback):
     def _report(self, step: int, kind: str, what: str, fatal: bool = False) -> None:
         if any(f.kind == kind for f in self.findings) and not fatal:
             return
-        advice = ADVICE[kind]
+        advice = ADVICE[kind] + (f" {self.advice[kind]}" if kind in self.advice else "")
         text = advice.format(what=what) if "{what}" in advice else f"{what}; {advice}"
         finding = Finding(step, kind, text)
         self.findings.append(finding)

@@ -1,6 +1,6 @@
 """Grad-CAM on misclassified images through the grad-cam package (the library the course uses).
 
-S7: "use GradCAM on a layer that is not smaller than about 5px". The default layer is a real feature map or a
+The course asks for "GradCAM on a layer that is not smaller than about 5px". The default layer is a real feature map or a
 token map, never an arbitrary 4-D tensor:
 - conv nets: the output of the last block (a module with sub-modules) whose output is a feature map (the
   channels of the convolution before it) of at least 8x8 (ResNet18's ``layer3``);

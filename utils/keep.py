@@ -6,9 +6,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+from .checkpoint import CHECKPOINT
+
 DRIVE = "/content/drive"
 DRIVE_DIR = f"{DRIVE}/MyDrive/cifar10-runs"
-CHECKPOINT = "checkpoint.pt"  # the weights: most of a ResNet run's size (S7: 89 MB), left out of a download
 
 
 def zip_run(out: str | Path, checkpoint: bool = True) -> Path:

@@ -2,7 +2,7 @@
 
 The range test runs on a copy of the model and a fresh optimizer, so the model to be trained is
 untouched. It suggests the LR at the steepest descent of the smoothed loss (before its minimum); the LR at the loss
-minimum is recorded too, because taking it (0.83 for the original solution's S9, with Adam and weight decay
+minimum is recorded too, because taking it (0.83 for one course solution's attention network, with Adam and weight decay
 1e-2) collapsed the network to constant outputs.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
     skip_start, skip_end = noisy_ends(num_iter)
     lowest = int(np.argmin(losses))
     # finder.plot()'s rule (steepest descent of the smoothed loss), searched only up to the loss
-    # minimum: past it a noisy dip on the way up can look steeper (seen on S9: 1.2e-2 vs minimum 8.5e-3).
+    # minimum: past it a noisy dip on the way up can look steeper (seen on an attention network: 1.2e-2 vs minimum 8.5e-3).
     # If the loss never fell (noise, a tiny subset), fall back to finder.plot()'s whole-curve rule.
     stop = min(lowest + 1, len(losses) - skip_end)
     if stop - skip_start < 2:
@@ -90,16 +90,25 @@ def check_one_cycle_length(epochs: int, steps_per_epoch: int) -> int:
     return total
 
 
+def warmup_fraction(peak_epoch: int, epochs: int, total_steps: int) -> float:
+    """The share of the run's steps :func:`one_cycle` warms up for: the end of ``peak_epoch``, or the middle of a run
+    shorter than twice that, but at least two steps and leaving one to anneal."""
+    return min(max(min(peak_epoch / epochs, 0.5), 2 / total_steps), (total_steps - 1) / total_steps)
+
+
 def one_cycle(optimizer, max_lr: float, epochs: int, steps_per_epoch: int, peak_epoch: int = 5,
               div_factor: float = 25.0) -> torch.optim.lr_scheduler.OneCycleLR:
-    """The assignments' one-cycle: linear warm-up from max_lr/div_factor to ``max_lr`` at ``peak_epoch``,
-    then linear anneal; two phases ("no annihilation", ``three_phase=False``). Step it every batch.
-
-    With fewer epochs than ``peak_epoch`` the peak moves to the middle of the run. A very short run keeps at
-    least two warm-up steps and one anneal step (torch's OneCycleLR divides by each phase's length).
-    """
+    """The assignments' one-cycle: linear warm-up from max_lr/div_factor to ``max_lr`` at ``peak_epoch`` (see
+    :func:`warmup_fraction`), then linear anneal; two phases ("no annihilation", ``three_phase=False``). Step it
+    every batch (torch's OneCycleLR divides by each phase's length, hence the fraction's bounds)."""
     total = check_one_cycle_length(epochs, steps_per_epoch)
-    pct_start = min(max(min(peak_epoch / epochs, 0.5), 2 / total), (total - 1) / total)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                               pct_start=pct_start, anneal_strategy="linear", div_factor=div_factor,
-                                               three_phase=False)
+                                               pct_start=warmup_fraction(peak_epoch, epochs, total),
+                                               anneal_strategy="linear", div_factor=div_factor, three_phase=False)
+
+
+def one_cycle_line(max_lr: float, div_factor: float, peak_epoch: int, epochs: int, steps_per_epoch: int) -> str:
+    """The log's line for :func:`one_cycle`'s schedule."""
+    peak = warmup_fraction(peak_epoch, epochs, epochs * steps_per_epoch) * epochs
+    return (f"one-cycle: {max_lr / div_factor:.3e} -> {max_lr:.3e} at epoch {peak:.3g} -> linear anneal over "
+            f"{epochs} epochs")

@@ -1,4 +1,4 @@
-"""A model's attention, whichever kind it has, behind one interface for the run: S9's Ultimus blocks
+"""A model's attention, whichever kind it has, behind one interface for the run: Ultimus blocks
 (:mod:`utils.attention`) or standard self-attention layers, a ViT's (:mod:`utils.vit_attention`).
 
 :func:`model_attention` returns the adapter for a model, or None for a model without attention; the run measures
@@ -18,7 +18,7 @@ from .vit_attention import attention_layers, entropy_per_layer, rollout_maps, vi
 
 
 class UltimusAttention:
-    """S9's blocks: each block's 8x8 attention matrix (:class:`utils.attention.AttentionStats`)."""
+    """Ultimus blocks: each block's 8x8 attention matrix (:class:`utils.attention.AttentionStats`)."""
     unit = "block"
 
     def __init__(self, model: nn.Module):
@@ -83,7 +83,7 @@ class SelfAttention:
 
 
 def model_attention(model: nn.Module) -> UltimusAttention | SelfAttention | None:
-    """The adapter for ``model``'s attention: Ultimus blocks first (S9), then known self-attention layers, then any
+    """The adapter for ``model``'s attention: Ultimus blocks first, then known self-attention layers, then any
     softmax attention a forward pass of two images makes; else None."""
     if ultimus_blocks(model):
         return UltimusAttention(model)

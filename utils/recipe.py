@@ -1,7 +1,7 @@
 """A training recipe: everything about *how* a model is trained on CIFAR-10, as one dataclass.
 
-The built-in assignments are instances (``assignments.recipes.recipe("S9")``); a notebook for the next
-assignment makes its own, e.g. ``Recipe("S10 MyNet", epochs=20, optimizer="sgd", weight_decay=5e-4)``,
+The built-in assignments are instances (``assignments.recipes.recipe(name)``); a notebook for the next
+assignment makes its own, e.g. ``Recipe("MyNet", epochs=20, optimizer="sgd", weight_decay=5e-4)``,
 and passes it with its model to ``assignments.run.Run``. Every field carries its unit and reason; the
 recipe is saved with the run (metrics.json, checkpoint).
 """
@@ -25,7 +25,7 @@ RANGE_TEST_MIN = 17  # the fewest range-test steps: a curve with a descent to fi
 
 @dataclass
 class Recipe:
-    name: str  # the run's name in the log, metrics.json and report.md (e.g. "S10 MyNet")
+    name: str  # the run's name in the log, metrics.json and report.md (e.g. "MyNet")
     epochs: int = 24  # passes over the training set
     batch_size: int = 128  # images per step
     optimizer: str = "adam"  # "adam" | "adamw" (decoupled weight decay) | "sgd" (SGD with Nesterov momentum)
@@ -40,6 +40,7 @@ class Recipe:
     augment: AugmentSpec = field(default_factory=AugmentSpec)  # crop/flip/cutout of training images
     channels_last: bool = False  # NHWC memory format for model and batches (faster for conv nets on our CPU)
     model: Callable[[], nn.Module] | None = field(default=None, repr=False)  # a factory; or pass the model to Run
+    advice: dict[str, str] = field(default_factory=dict)  # what the doctor adds to a finding of a kind (an option of this recipe)
     notes: str = ""  # why these choices (the built-ins say; goes into metrics.json)
 
     def __post_init__(self):
@@ -63,7 +64,7 @@ class Recipe:
     def batch_for(self, train_images: int) -> tuple[int, str | None]:
         """The batch size for ``train_images``: the recipe's, or, when that gives fewer than ``QUICK_STEPS`` steps
         per epoch, the largest power of two (not below ``QUICK_MIN_BATCH``) that gives that many. A quick check on
-        a subset at the full run's batch trains for a handful of steps and stays at chance (S7, 2,000 images at
+        a subset at the full run's batch trains for a handful of steps and stays at chance (ResNet18, 2,000 images at
         512: 8 steps, 9.40% on CIFAR-10 (JPEG copy): results/README.md). Returns (batch, why it was made smaller)."""
         if train_images // self.batch_size >= QUICK_STEPS:
             return self.batch_size, None
@@ -75,6 +76,10 @@ class Recipe:
                        f"{steps(self.batch_size)} step(s) per epoch at {self.batch_size}, {steps(batch)} at {batch} "
                        f"(a subset gets at least {QUICK_STEPS} per epoch, or a batch of {QUICK_MIN_BATCH}; "
                        f"--batch-size sets it)")
+
+    def lr_scale_taken(self, suggested_lr: float, min_loss_lr: float, steps: int) -> float:
+        """The scale :meth:`max_lr` applied to the suggestion: ``lr_scale``, or 1 where a quick check changed it."""
+        return self.lr_scale if self.max_lr(suggested_lr, min_loss_lr, steps)[1] is None else 1.0
 
     def max_lr(self, suggested_lr: float, min_loss_lr: float, steps: int) -> tuple[float, str | None]:
         """The one-cycle max LR from the range test: ``suggested_lr x lr_scale``. A run of fewer ``steps`` than the

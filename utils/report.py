@@ -29,14 +29,14 @@ FIGURE_TITLES = {
 class RunResult:
     """Everything a run reports. ``history`` holds one dict per epoch (train/test loss and accuracy, LR)."""
 
-    name: str  # the recipe's name: "S9 (spec)", "S10 MyNet"
+    name: str  # the recipe's name: a built-in name or the notebook's, e.g. "MyNet"
     model: str  # the model's class name
     params: int  # trainable parameters
     data: str  # where the images came from
     device: str  # e.g. "CPU (2 threads)", "NVIDIA H200"
     precision: str  # e.g. "bf16 autocast, channels_last"
     epochs: int  # planned epochs
-    assignment: str | None = None  # S7 | S8 | S9 for the built-in recipes
+    assignment: str | None = None  # the built-in recipe's name (assignments.recipes), else None
     history: list[dict] = field(default_factory=list)
     max_lr: float | None = None
     lr_search: dict | None = None  # the range test: suggested_lr, min_loss_lr and its curve (lrs, losses)
@@ -106,6 +106,14 @@ def write_report(result: RunResult, out: str | Path, log_text: str = "") -> Path
     path = Path(out) / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def doctor_line(health: list[dict], judged: str) -> str:
+    """One line: the training doctor's findings by kind and step (each was logged in full where it was made), or
+    that it found nothing, and what it could check."""
+    where = ", ".join(f"{f['kind']} at step {f['step']}" for f in health)
+    return (f"Training doctor: {len(health)} finding(s), logged in full above: {where} ({judged})" if health
+            else f"Training doctor: no finding ({judged})")
 
 
 def beside(this: RunResult, committed: dict, where: str) -> str:

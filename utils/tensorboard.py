@@ -63,6 +63,13 @@ class TensorBoard(Callback):
         self._open().add_hparams(plain, metrics, run_name="hparams")
         self.wrote_hparams = True
 
+    def run_hparams(self, result) -> None:
+        """A run's options and recipe (:class:`utils.report.RunResult`) beside its final test accuracy and loss."""
+        if result.history:
+            last = result.history[-1]
+            self.hparams({**result.config, **{f"recipe.{k}": v for k, v in result.recipe.items()}},
+                         {"hparam/test_accuracy": last["test_acc"], "hparam/test_loss": last["test_loss"]})
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callbacks import Callback, FitState, StepRow
-from .checkpoint import atomic_save, first_non_finite, load_run_checkpoint, unwrap
+from .callbacks import Callback, FitState, StepRow, TrainingStopped
+from .checkpoint import Checkpoint, atomic_save, first_non_finite, load_run_checkpoint, unwrap
 from .distributed import all_reduce_sum, all_reduce_tensor, current
-from .doctor import TrainingStopped, batch_stats
 from .precision import Precision
 
 SYNC_EVERY = 10  # train steps between reads of the device's numbers (the progress bar's refresh too)
@@ -28,6 +27,18 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, epoch: int | None = None, step: int | None = None, saved_epoch: int | None = None):
         super().__init__(epoch, step, saved_epoch)
         self.epoch, self.step, self.saved_epoch = epoch, step, saved_epoch
+
+
+def batch_stats(loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """What the callbacks read of one step (:class:`utils.callbacks.StepRow`), as one fp32 tensor (fp64 for fp64 logits) on the logits' device (no
+    host read): [loss, correct count, count of the most common prediction, logits' std across the batch, batch size]."""
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logits = logits.detach().to(dtype)  # (B, C)
+    preds = logits.argmax(1)  # (B,)
+    spread = logits.std(0).mean() if len(preds) > 1 else logits.new_ones(())
+    return torch.stack([loss.detach().to(dtype).reshape(()), (preds == targets).sum().to(dtype),
+                        torch.bincount(preds, minlength=logits.shape[1]).max().to(dtype), spread,
+                        logits.new_tensor(float(len(preds)))])
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -43,7 +54,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion, scheduler=No
 
     ``precision`` (default fp32 on the model's device) runs the forward pass under autocast; the loss is
     computed in fp32. No step waits for the device: each step's loss and counts stay on it
-    (:func:`utils.doctor.batch_stats`) and are read every ``sync_every`` steps, in one transfer, for the sums and
+    (:func:`batch_stats`) and are read every ``sync_every`` steps, in one transfer, for the sums and
     the callbacks' ``on_steps``, which see every step's numbers in order (a NaN stops the run at most
     ``sync_every`` - 1 steps later).
     """
@@ -146,19 +157,21 @@ def evaluate(model: nn.Module, loader, precision: Precision | None = None) -> di
 
 
 def fit(model, train_loader, test_loader, optimizer, criterion, epochs: int, scheduler=None, *,
-        precision: Precision | None = None, callbacks: list[Callback] = (), checkpoint: str | Path | None = None,
-        resume: bool | dict = False) -> list[dict]:
+        precision: Precision | None = None, callbacks: list[Callback] = (),
+        checkpoint: str | Path | Checkpoint | None = None) -> list[dict]:
     """Train ``epochs`` epochs, test after each, checkpoint atomically each epoch; returns the history.
 
-    With ``resume`` (True, or the checkpoint already loaded by :func:`utils.checkpoint.load_run_checkpoint`)
-    the model, optimizer, scheduler, precision state, history and each callback's state come back from
-    ``checkpoint`` and training continues to the same final epoch. ``precision`` (default fp32 on the model's
-    device) is used for training and testing. Ctrl-C raises :class:`Interrupted` saying where.
+    ``checkpoint``: a path, saved after every epoch, or a :class:`utils.checkpoint.Checkpoint` that also says to
+    resume: the model, optimizer, scheduler, precision state, history and each callback's state come back from it
+    and training continues to the same final epoch. ``precision`` (default fp32 on the model's device) is used for
+    training and testing. Ctrl-C raises :class:`Interrupted` saying where.
     """
     precision = precision or Precision("fp32", _device_of(model))
     state = FitState(model, optimizer, scheduler, precision, epochs, steps_per_epoch=len(train_loader))
-    if resume:
-        saved = resume if isinstance(resume, dict) else load_run_checkpoint(checkpoint, map_location=precision.device)
+    checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) or checkpoint is None else Checkpoint(checkpoint)
+    if checkpoint and checkpoint.resume:
+        saved = checkpoint.resume if isinstance(checkpoint.resume, dict) else load_run_checkpoint(
+            checkpoint.path, map_location=precision.device)
         _load(state, saved, callbacks)
     for cb in callbacks:
         cb.on_fit_start(state)
@@ -191,7 +204,7 @@ def _epoch(state: FitState, train_loader, test_loader, criterion, callbacks, che
         raise TrainingStopped(f"epoch {state.epoch} ended with weight {bad!r} not finite (NaN or inf), so it was not "
                               f"checkpointed")  # the checkpoint on disk stays the last good one
     if checkpoint and current().main:  # under torchrun only rank 0 writes the checkpoint
-        atomic_save(_payload(state, entry, callbacks), checkpoint)
+        atomic_save(_payload(state, entry, callbacks), checkpoint.path)
     state.history.append(entry)  # after the checkpoint: the history holds exactly the epochs on disk
     for cb in callbacks:
         cb.on_epoch_end(state, entry)

@@ -8,14 +8,30 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else its import blocks on a version check online
 
-import albumentations as A  # noqa: E402
+@contextmanager
+def _no_update_check():
+    """Within the block albumentations' import skips its online version check (it blocks without a network); the
+    process's environment is as it was afterwards."""
+    before = os.environ.get("NO_ALBUMENTATIONS_UPDATE")
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["NO_ALBUMENTATIONS_UPDATE"]
+        else:
+            os.environ["NO_ALBUMENTATIONS_UPDATE"] = before
+
+
+with _no_update_check():
+    import albumentations as A  # noqa: E402
+    from albumentations.pytorch import ToTensorV2  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
 
 from .augment import AugmentSpec, mean_pixel  # noqa: E402
