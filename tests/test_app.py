@@ -35,24 +35,24 @@ def trained(folder_dir, tmp_path_factory):
 def test_top_k_equals_the_model_called_directly(trained):
     ex = open_run(trained.out)
     for i in (0, 7, 21):
-        x = trained.test_split.normalized([i], trained.mean, trained.std)
+        x = trained.data.test_split.normalized([i], trained.data.mean, trained.data.std)
         with torch.no_grad():
             p = torch.softmax(trained.model.eval()(x), 1)[0]
-        top = ex.top_k(trained.test_split.images[i], 10)
+        top = ex.top_k(trained.data.test_split.images[i], 10)
         assert [c for c, _ in top] == [CLASSES[j] for j in torch.argsort(p, descending=True, stable=True)]
         assert [q for _, q in top] == pytest.approx(sorted(p.tolist(), reverse=True), abs=1e-6)
-        assert len(ex.top_k(trained.test_split.images[i], 3)) == 3
+        assert len(ex.top_k(trained.data.test_split.images[i], 3)) == 3
 
 
 def test_gradcam_equals_the_run_s_own_for_that_image_and_layer(trained):
     ex = open_run(trained.out)
     assert ex.default_layer == trained.result.checks["gradcam_layer"] and ex.default_layer in ex.layers
     i = 3
-    x = trained.test_split.normalized([i], trained.mean, trained.std)
+    x = trained.data.test_split.normalized([i], trained.data.mean, trained.data.std)
     for layer in (ex.default_layer, ex.layers[0]):
         for target in (0, 6):
             theirs = gradcam_maps(trained.model, x, [target], layer, trained.result.checks["log_probs"])[0]
-            assert np.allclose(ex.gradcam(trained.test_split.images[i], target, layer), theirs, atol=1e-6)
+            assert np.allclose(ex.gradcam(trained.data.test_split.images[i], target, layer), theirs, atol=1e-6)
 
 
 def test_misclassified_gallery_equals_the_run_s(trained):
@@ -62,7 +62,7 @@ def test_misclassified_gallery_equals_the_run_s(trained):
     shown = ex.mistakes(10)
     assert len(shown) == len(idx) > 0
     for (img, caption), i in zip(shown, idx):
-        assert np.array_equal(img, trained.test_split.images[i])
+        assert np.array_equal(img, trained.data.test_split.images[i])
         assert caption.startswith(f"{CLASSES[int(y[i])]} / {CLASSES[int(logits[i].argmax())]} p=")
 
 
@@ -73,7 +73,7 @@ def test_an_uploaded_image_of_any_size_or_mode_is_resized_and_said(trained):
     image32, note = ex.prepare(Image.new("L", (100, 60), 128))
     assert image32.shape == (32, 32, 3) and image32.dtype == np.uint8
     assert note == "converted from L to RGB; resized from 100x60 to 32x32, the size the model was trained on"
-    assert ex.prepare(trained.test_split.images[0]) == (pytest.approx(trained.test_split.images[0]), "")
+    assert ex.prepare(trained.data.test_split.images[0]) == (pytest.approx(trained.data.test_split.images[0]), "")
 
 
 def test_a_folder_it_cannot_open_is_one_line(trained, tmp_path):
@@ -94,7 +94,7 @@ def test_the_page_predicts_an_uploaded_image_and_shows_grad_cam_in_a_browser(tra
     from PIL import Image
 
     image = tmp_path / "upload.png"
-    Image.fromarray(trained.test_split.images[5]).resize((64, 64)).save(image)
+    Image.fromarray(trained.data.test_split.images[5]).resize((64, 64)).save(image)
     shown = browser_check(trained.out, image, tmp_path / "page.png")
     ex = open_run(trained.out)
     first = ex.top_k(ex.prepare(Image.open(image))[0], 1)[0][0]
@@ -108,7 +108,7 @@ def test_the_explorer_scales_16_bit_and_float_images_and_refuses_bad_arguments_i
     from PIL import Image
 
     ex = open_run(trained.out)
-    photo = trained.test_split.images[3]  # (32, 32, 3) uint8
+    photo = trained.data.test_split.images[3]  # (32, 32, 3) uint8
     grey16 = (photo.mean(2) * 257).astype(np.uint16)  # a 16-bit greyscale PNG of the same picture
     Image.fromarray(grey16).save(tmp_path / "grey16.png")
     opened = Image.open(tmp_path / "grey16.png")
@@ -172,7 +172,7 @@ def test_the_app_command_answers_a_non_image_upload_on_the_page_and_stops_on_ctr
         assert first.strip() == f"The page: http://127.0.0.1:{port}/ (Ctrl-C stops it)", first
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         (tmp_path / "notes.png").write_text("not an image, despite its name")
-        Image.fromarray(trained.test_split.images[0]).resize((200, 150)).save(tmp_path / "photo.png")
+        Image.fromarray(trained.data.test_split.images[0]).resize((200, 150)).save(tmp_path / "photo.png")
         ask = lambda f: client.predict(handle_file(str(tmp_path / f)), 3, True, None, 0.5, "the predicted class",  # noqa: E731
                                        api_name="/analyze")
         assert ask("notes.png")[2] == "**Cannot use this input:** the upload is not an image Pillow can read"

@@ -321,15 +321,15 @@ def test_a_resume_keeps_the_batch_its_checkpoint_trained_with(data_2000, tmp_pat
                    tensorboard=False)
     first = Run(recipe=recipe, **options)
     first.train()
-    assert first.batch_size == 32  # 1,800 images: the rule's batch
+    assert first.data.batch_size == 32  # 1,800 images: the rule's batch
     first.close()
     state = torch.load(tmp_path / "q" / "checkpoint.pt", weights_only=True)
     state["extra"]["config"]["epochs"] = 2  # a run of 2 epochs stopped after its first: one --resume continues
     torch.save(state, tmp_path / "q" / "checkpoint.pt")
     monkeypatch.setattr(recipe_module, "QUICK_STEPS", 1)  # the rule now keeps the recipe's 512 ...
-    assert Run(recipe=recipe, **{**options, "out": str(tmp_path / "fresh")}).batch_size == 512
+    assert Run(recipe=recipe, **{**options, "out": str(tmp_path / "fresh")}).data.batch_size == 512
     resumed = Run(recipe=recipe, **options, resume=True)  # ... but a resume keeps what its checkpoint trained with
-    assert resumed.batch_size == 32 and len(resumed.train_loader) == len(first.train_loader)
+    assert resumed.data.batch_size == 32 and len(resumed.data.train_loader) == len(first.data.train_loader)
 
 
 def test_a_run_whose_test_loss_explodes_is_flagged_whatever_its_step_count():

@@ -260,7 +260,8 @@ def test_importing_the_library_and_the_run_leaves_the_environment_as_it_was():
     from pathlib import Path
 
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
-    code = ("import os; before = dict(os.environ); import utils.transforms, assignments.run; "
+    # cv2's own loader sets LD_LIBRARY_PATH when it is imported: imported first, it is not counted
+    code = ("import os, cv2; before = dict(os.environ); import utils.transforms, assignments.run; "
             "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)); "
             "print(changed)")
     p = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,

@@ -249,7 +249,7 @@ def test_a_partial_is_recorded_as_names_and_literals_and_rebuilt_with_its_argume
     assert partial_run.model_source == {"factory": "test_zoo:WidthNet", "args": [12], "kwargs": {"p": 0.1}}
     ex = open_run(partial_run.out, model_name="test_zoo:WidthNet")
     assert ex.model.fc.in_features == 12 and ex.model.features[2].p == 0.1
-    x = partial_run.test_split.normalized([0, 1], partial_run.mean, partial_run.std)
+    x = partial_run.data.test_split.normalized([0, 1], partial_run.data.mean, partial_run.data.std)
     with torch.no_grad():
         torch.testing.assert_close(ex.model(x), partial_run.model.eval()(x))
 
