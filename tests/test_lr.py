@@ -36,3 +36,21 @@ def test_range_test_uses_the_training_loader_and_leaves_the_model_alone():
     assert search.suggested_lr <= search.min_loss_lr or search.min_loss_lr == search.lrs[0]
     assert len(search.lrs) == len(search.losses) <= 40
     assert len(plots.lr_figure(search).axes) == 1
+
+
+def test_a_short_range_test_that_diverges_before_its_end_still_suggests_from_its_curve():
+    """A quick check's range test takes as few as RANGE_TEST_MIN (17) steps; one whose loss diverges at step 14
+    has lost its noisy end already, so only that last point is left out and the descent before it is searched."""
+    from utils.recipe import RANGE_TEST_MIN
+    from utils.transforms import make_loaders
+
+    torch.manual_seed(0)
+    data = colour_task(32 * 20, 64)
+    mean, std = channel_stats(data.train.images)
+    train, _ = make_loaders(data.train, data.test, recipe("S9").augment, mean, std, 32, seed=0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    search = find_lr(model, lambda p, lr: torch.optim.SGD(p, lr=lr), torch.nn.CrossEntropyLoss(), train, "cpu",
+                     end_lr=1e3, num_iter=RANGE_TEST_MIN)
+    assert len(search.lrs) < RANGE_TEST_MIN and search.steps == RANGE_TEST_MIN  # it stopped early: diverged
+    assert search.lrs[10] <= search.suggested_lr <= search.lrs[-2]  # from the curve, not its diverged last point
+    assert len(plots.lr_figure(search).axes[0].lines[0].get_xdata()) == len(search.lrs) - 11

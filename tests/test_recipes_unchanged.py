@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from synthetic import colour_task, write_batches
-from test_cli import cli
+if __name__ == "__main__":  # run as a script (to regenerate the record): the repo and tests/ importable
+    sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from synthetic import colour_task, write_batches  # noqa: E402
+from test_cli import cli  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end-to-end: processes, kernels, whole runs
 
@@ -70,7 +72,6 @@ def test_short_fixed_seed_run_matches_the_recorded_metrics(assignment, data_dir,
 if __name__ == "__main__":  # regenerate the record
     import tempfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     with tempfile.TemporaryDirectory() as tmp:
         d = write_batches(Path(tmp) / "data", colour_task(200, 100, seed=7))
         record = {a: short_run(a, d, Path(tmp) / a) for a in sorted(RUNS)}

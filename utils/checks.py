@@ -128,7 +128,7 @@ def logits_view():
         yield mode
 
 
-# --- pre-flight checks: (kind, what) of a finding for the doctor (utils.doctor.Doctor.add), or None ---------
+# --- checks before training: each returns (kind, what) of a finding for the training doctor, or None ----------
 def schedule_check(max_lr: float, suggested_lr: float | None, min_loss_lr: float | None = None,
                    lr_scale: float = 1.0) -> tuple[str, str] | None:
     """Before training: is the one-cycle max LR far above the range test's suggestion, or is the suggestion the loss

@@ -20,10 +20,11 @@ import torch
 SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's plot() defaults for its 100 steps: the curve's noisy ends, left out
 
 
-def noisy_ends(steps: int) -> tuple[int, int]:
-    """Points left out at the start and the end of a ``steps``-step range test's curve: SKIP_START and SKIP_END per
-    100 steps (a quick check's shorter test keeps its curve), at least one at the start."""
-    return max(1, steps * SKIP_START // 100), steps * SKIP_END // 100
+def noisy_ends(points: int, asked: int) -> tuple[int, int]:
+    """Points left out at the start and the end of a range test's curve of ``points`` points out of ``asked`` steps:
+    SKIP_START and SKIP_END (torch-lr-finder's plot), but of a test that stopped early, the loss having diverged,
+    only its last point (the divergence itself) at the end, so that a short test still has a curve."""
+    return SKIP_START, SKIP_END if points >= asked else 1
 
 
 @dataclass
@@ -34,6 +35,7 @@ class LRSearch:
     min_loss_lr: float
     lrs: list[float] = field(repr=False)
     losses: list[float] = field(repr=False)
+    steps: int | None = None  # the steps asked for (the curve is shorter when the loss diverged); None: its length
 
 
 def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 1e-7, end_lr: float = 10.0,
@@ -62,7 +64,7 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
         finder.range_test(loader, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)  # and always draws a bar
     lrs, losses = finder.history["lr"], finder.history["loss"]
     finder.reset()
-    skip_start, skip_end = noisy_ends(num_iter)
+    skip_start, skip_end = noisy_ends(len(losses), num_iter)
     lowest = int(np.argmin(losses))
     # finder.plot()'s rule (steepest descent of the smoothed loss), searched only up to the loss
     # minimum: past it a noisy dip on the way up can look steeper (seen on an attention network: 1.2e-2 vs minimum 8.5e-3).
@@ -77,7 +79,7 @@ def find_lr(model, make_optimizer, criterion, loader, device, start_lr: float = 
     suggested = float(lrs[skip_start + int(descent.argmin())])
     min_loss = float(lrs[lowest])
     del probe, finder
-    return LRSearch(suggested, min_loss, list(map(float, lrs)), list(map(float, losses)))
+    return LRSearch(suggested, min_loss, list(map(float, lrs)), list(map(float, losses)), num_iter)
 
 
 def check_one_cycle_length(epochs: int, steps_per_epoch: int) -> int:

@@ -68,7 +68,7 @@ def lr_figure(search) -> Figure:
     """Range-test loss against LR (log axis) with the suggested LR and the loss-minimum LR marked."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    start, end = noisy_ends(len(search.lrs))
+    start, end = noisy_ends(len(search.lrs), search.steps or len(search.lrs))
     keep = slice(start, len(search.lrs) - end)
     lrs, losses = search.lrs[keep] or search.lrs, search.losses[keep] or search.losses
     ax.plot(lrs, losses)

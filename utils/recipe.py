@@ -8,6 +8,7 @@ recipe is saved with the run (metrics.json, checkpoint).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
@@ -20,7 +21,10 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 QUICK_STEPS = 30  # steps per epoch a subset gets at least (with a batch no smaller than QUICK_MIN_BATCH)
 QUICK_MIN_BATCH = 32
 QUICK_LR_MARGIN = 3  # a quick check's max LR is at most the range test's loss-minimum LR / this
-RANGE_TEST_MIN = 17  # the fewest range-test steps: a curve with a descent to find after its noisy start
+# ... or this, where the curve's steepest descent is its minimum (no descent before the edge of instability): a
+# 32-step test of that shape, 1/3 of its minimum diverged (tests/test_colab.py's quick check: 20% then NaN), 1/10 trained
+QUICK_LR_MARGIN_NO_DESCENT = 10
+RANGE_TEST_MIN = 17  # range-test steps the suggestion needs: 10 left out at the start, 5 at the end, 2 to compare
 
 
 @dataclass
@@ -84,19 +88,21 @@ class Recipe:
     def max_lr(self, suggested_lr: float, min_loss_lr: float, steps: int) -> tuple[float, str | None]:
         """The one-cycle max LR from the range test: ``suggested_lr x lr_scale``. A run of fewer ``steps`` than the
         range test takes (a quick check) gets no scale above 1 (chosen on full runs) and no more than
-        1 / ``QUICK_LR_MARGIN`` of the loss minimum (where the sweep turns unstable). Returns (max LR, what a
-        quick check changed)."""
+        1 / ``QUICK_LR_MARGIN`` of the loss minimum (where the sweep turns unstable; 1 / ``QUICK_LR_MARGIN_NO_DESCENT``
+        where the suggestion is that minimum). Returns (max LR, what a quick check changed)."""
         full = suggested_lr * self.lr_scale
         if steps >= self.lr_iters:
             return full, None
         unscaled = suggested_lr * min(self.lr_scale, 1.0)
-        lr = min(unscaled, min_loss_lr / QUICK_LR_MARGIN)
+        margin = QUICK_LR_MARGIN_NO_DESCENT if math.isclose(suggested_lr, min_loss_lr, rel_tol=1e-6) else QUICK_LR_MARGIN
+        lr = min(unscaled, min_loss_lr / margin)
         if lr >= full:
             return full, None
         takes = [f"the suggestion without the recipe's lr_scale {self.lr_scale:.3g} (chosen on full runs)"] \
             if self.lr_scale > 1 else []
         if lr < unscaled:
-            takes.append(f"at most 1/{QUICK_LR_MARGIN:g} of the loss minimum {min_loss_lr:.3e}")
+            takes.append(f"at most 1/{margin:g} of the loss minimum {min_loss_lr:.3e}"
+                         + (" (the steepest descent is the minimum itself)" if margin != QUICK_LR_MARGIN else ""))
         return lr, (f"max LR {lr:.3e}, not the recipe's {full:.3e}: this run has {steps} training steps, fewer than "
                     f"the recipe's {self.lr_iters} range-test steps, so a quick check takes {', and '.join(takes)}")
 

@@ -51,7 +51,10 @@ def mult_adds(model: nn.Module, input_size=(2, 3, 32, 32)) -> float:
 
 class _FusedAttentionCount(TorchFunctionMode):
     """Counts the mult-adds of ``F.scaled_dot_product_attention`` calls: (..., L, E) queries against (..., S, E)
-    keys and (..., S, Ev) values make L x S x (E + Ev) per leading index."""
+    keys and (..., S, Ev) values make L x S x (E + Ev) per leading index; and of ``nn.MultiheadAttention``'s
+    attention without weights (its fused call runs inside ``F.multi_head_attention_forward``, out of this mode's
+    sight): (L, N, E) queries against S keys make N x L x S x 2E. With weights its products are matmuls, which the
+    flop counter sees."""
 
     def __init__(self):
         super().__init__()
@@ -62,6 +65,9 @@ class _FusedAttentionCount(TorchFunctionMode):
         if func is F.scaled_dot_product_attention:
             q, k, v = (args + tuple(kwargs.get(n) for n in ("query", "key", "value")[len(args):]))[:3]
             self.mult_adds += q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        elif func is F.multi_head_attention_forward and not kwargs.get("need_weights", len(args) <= 15 or args[15]):
+            q, k = args[0], args[1]  # (L, N, E) and (S, N, E), or unbatched (L, E) and (S, E)
+            self.mult_adds += (q.shape[1] if q.dim() == 3 else 1) * q.shape[0] * k.shape[0] * 2 * q.shape[-1]
         return func(*args, **kwargs)
 
 
