@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The fast tier (python -m pytest -m "not slow") under each other supported Python this machine has (pyenv's
-# 3.12 and 3.13; Colab runs 3.12 and is moving to 3.13), each in a fresh venv with the README's install. An
+# The fast tier (python -m pytest -m "not slow") and the Colab-like Run all of every notebook (tests/test_colab.py)
+# under each other supported Python this machine has (pyenv's 3.12 and 3.13: Colab's pinned runtime and its
+# default), each in a fresh venv with the README's install (gradio, timm and tensorboard in it, as in Colab). An
 # interpreter that is missing, or an install the package registry does not answer, is one line and skipped;
 # a failing test fails.
 set -uo pipefail
@@ -22,6 +23,7 @@ for version in 3.12 3.13; do
   fi
   echo "Python $version ($("$venv/bin/python" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)')):"
   "$venv/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider || status=1
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_colab.py -k run_all || status=1
   rm -rf "$(dirname "$venv")"
 done
 exit $status

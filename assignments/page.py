@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import inspect
 import io
+import logging
 import os
 import shutil
 import sys
@@ -169,7 +170,8 @@ def serve(page, host: str = "127.0.0.1", port: int | None = None, share: bool = 
         try:
             while page.is_running:
                 time.sleep(0.2)
-        finally:
+        finally:  # requests cut short by the stop are not errors: uvicorn would print each one's traceback
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
             page.close()
     return page
 
