@@ -5,12 +5,13 @@ them and see the same events (:mod:`utils.callbacks`). The doctor's checks befor
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from torch import nn
 
 from utils.callbacks import Callback, EpochLog, History, Measure, ProgressBar, Saved
-from utils.checks import batch_dependence_check, batch_independence, schedule_check
+from utils.checks import batch_dependence_check, batch_independence, schedule_check, unstable_lr_check
 from utils.doctor import Doctor
 from utils.model_attention import LOOKED_FOR
 from utils.recipe import Recipe
@@ -52,12 +53,15 @@ def default_callbacks(log: Callable[[str], None], result: RunResult, doctor: Doc
 
 
 def doctor_preflight(doctor: Doctor, result: RunResult, recipe: Recipe, steps: int) -> None:
-    """The doctor's checks before training: the model's per-image outputs, and the max LR against the range test
-    (a scale the recipe chose on purpose is a note, not a finding)."""
+    """The doctor's checks before training: the model's per-image outputs, the max LR against the range test (a
+    scale the recipe chose on purpose is a note, not a finding; the recipe's measured ``lr_max`` is not compared),
+    and against the LR the recipe measured unstable (a given max LR too)."""
     doctor.add(0, batch_dependence_check(result.checks["batch_independence"]))
-    if s := result.lr_search:
+    taken_as_measured = recipe.lr_max and math.isclose(result.max_lr, recipe.lr_max, rel_tol=1e-6)  # logged so
+    if (s := result.lr_search) and not taken_as_measured:
         scale = recipe.lr_scale_taken(s["suggested_lr"], s["min_loss_lr"], steps)
         doctor.add(0, schedule_check(result.max_lr, s["suggested_lr"], s["min_loss_lr"], scale))
+    doctor.add(0, unstable_lr_check(result.max_lr, recipe.lr_unstable))
 
 
 def doctor_after_training(doctor: Doctor | None, result: RunResult, model: nn.Module) -> None:

@@ -21,8 +21,9 @@ def choose_max_lr(config: RunConfig, recipe: Recipe, carried: Carried, data: Run
                   ) -> tuple[float, dict | None, list[str]]:
     """(max LR, the range test as plain data or None, the lines to log). The range test runs on a copy of
     ``model`` with the recipe's optimizer and ``precision``; under torchrun rank 0 runs it alone on the
-    single-process loader and the others take its answer. A quick check's shorter test and smaller max LR are
-    the recipe's rules (:meth:`Recipe.range_test_steps`, :meth:`Recipe.max_lr`), said in the lines."""
+    single-process loader and the others take its answer. A recipe's measured ``lr_max`` replaces the suggestion;
+    a quick check's shorter test and smaller max LR are the recipe's rules (:meth:`Recipe.range_test_steps`,
+    :meth:`Recipe.max_lr`), said in the lines."""
     if config.resume:
         return carried.max_lr, carried.lr_search, [f"max LR {carried.max_lr:.3e} (from the checkpoint)"]
     if config.lr != "auto":
@@ -38,7 +39,10 @@ def choose_max_lr(config: RunConfig, recipe: Recipe, carried: Carried, data: Run
     search = distributed.broadcast(search)
     max_lr, quick = recipe.max_lr(search.suggested_lr, search.min_loss_lr, steps)
     scaled = f" x {recipe.lr_scale:.3g} (the recipe's lr_scale) = {search.suggested_lr * recipe.lr_scale:.3e}" \
-        if recipe.lr_scale != 1 else ""
+        if recipe.lr_scale != 1 and not recipe.lr_max else ""
     lines = [f"LR range test ({shorter or f'{iters} steps'} on the training set): suggested max LR "
              f"{search.suggested_lr:.3e} (steepest descent){scaled}; loss minimum at {search.min_loss_lr:.3e}"]
-    return max_lr, dataclasses.asdict(search), lines + ([quick] if quick else [])
+    fixed = f"max LR {max_lr:.3e}: the recipe's measured value (Recipe.lr_max), not the suggestion" \
+        if recipe.lr_max else None
+    taken = quick or fixed
+    return max_lr, dataclasses.asdict(search), lines + ([taken] if taken else [])

@@ -64,12 +64,16 @@ def s9(variant: str = "spec") -> Recipe:
 
 
 def s10(variant: str = "spec") -> Recipe:
-    # Max LR: the range test's steepest descent (2.3e-3 on the whole training set of CIFAR-10 (JPEG copy)). On
-    # 10,000 train / 10,000 test images, 4 epochs, 2.7e-3 reached 37.42% and 9.1e-4 36.59%: results/README.md.
+    # Max LR 2.15e-2, measured: this ViT's range-test curve falls only ~0.1 nats over five decades, so its steepest
+    # descent is noise (2.31e-3 for seed 1, 2.15e-2 = its loss minimum for seeds 2 and 3, CIFAR-10 (JPEG copy)); at
+    # 2.15e-2 seeds 2 and 3 reached 76.78% and 76.53% in 24 epochs, at 2.31e-3 seed 1 75.22%. Past ~4e-2 the test's
+    # loss rose for every seed, and at AdamW 0.05 / Adam 0.1 S10 learned little (17-19%): results/README.md.
     return Recipe("S10", epochs=24, batch_size=128, optimizer="adamw", weight_decay=0.05, label_smoothing=0.1,
-                  model=ViT, augment=AugmentSpec(pad=4, flip=True, cutout=8), channels_last=False,
+                  model=ViT, lr_max=2.15e-2, lr_unstable=4e-2, augment=AugmentSpec(pad=4, flip=True, cutout=8),
+                  channels_last=False,
                   notes="AdamW with decoupled weight decay 0.05, the usual ViT optimizer; one-cycle over 24 "
-                        "epochs to the range test's suggestion; label smoothing 0.1")
+                        "epochs to a measured max LR of 2.15e-2 (the range test's suggestion moved 9x between "
+                        "seeds); label smoothing 0.1")
 
 
 RECIPES = {"S7": s7, "S8": s8, "S9": s9, "S10": s10}

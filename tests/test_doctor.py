@@ -268,3 +268,63 @@ def test_a_recipes_advice_follows_the_finding_and_the_general_advice_names_no_as
     plain.add(0, schedule_check(8.5e-3, suggested_lr=8.5e-3, min_loss_lr=8.5e-3))
     assert "S9" not in lines[-1] and lines[-1].endswith("command: --lr).")
     assert not re.search(r"\bS\d+\b|--variant", " ".join(ADVICE.values()))
+
+
+# S10 on CIFAR-10 (JPEG copy): seed 1's range test suggested 2.31e-3 (loss minimum 3.76e-2), seeds 2 and 3's
+# suggestion was their loss minimum, 2.15e-2 (results/S10-*/metrics.json)
+S10_SEARCHES = {"seed 1": (2.31e-3, 3.76e-2), "seeds 2 and 3": (2.154e-2, 2.154e-2)}
+
+
+def _s10_preflight(max_lr: float | None, search: tuple[float, float] | None, **changes):
+    """The doctor's findings and lines before S10's first step: ``max_lr`` given (no range test), or None for the
+    recipe's choice from ``search`` (suggested, minimum) on a full run's steps."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from assignments.callbacks import doctor_preflight
+    from assignments.recipes import recipe
+
+    r = dataclasses.replace(recipe("S10"), **changes)
+    steps = r.epochs * 391
+    lr_search = dict(zip(("suggested_lr", "min_loss_lr"), search)) if search else None
+    if max_lr is None:
+        max_lr = r.max_lr(*search, steps)[0]
+    lines = []
+    doctor = Doctor(log=lines.append, advice=r.advice)
+    result = SimpleNamespace(checks={"batch_independence": 2.5e-7}, lr_search=lr_search, max_lr=max_lr)
+    doctor_preflight(doctor, result, r, steps)
+    return [(f.step, f.kind) for f in doctor.findings], lines
+
+
+@pytest.mark.parametrize("max_lr", [0.05, 0.1])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_s10_at_the_max_lr_its_students_saw_stagnate_is_a_finding_before_its_first_step(max_lr, optimizer):
+    findings, lines = _s10_preflight(max_lr, None, optimizer=optimizer)
+    assert findings == [(0, "schedule")]
+    assert f"max LR {max_lr:.3g} is above 0.04" in lines[0] and "--lr auto" in lines[0]
+
+
+@pytest.mark.parametrize("seed", list(S10_SEARCHES))
+def test_s10_s_default_max_lr_gets_no_finding_whatever_its_range_test_suggested(seed):
+    assert _s10_preflight(None, S10_SEARCHES[seed]) == ([], [])
+
+
+def test_s10_taking_its_range_test_s_suggestion_got_a_finding_for_seeds_2_and_3():
+    # why the recipe fixes its max LR: the suggestion moved 9x between seeds, and taken as it is it was the loss
+    # minimum for two of three
+    assert _s10_preflight(None, S10_SEARCHES["seeds 2 and 3"], lr_max=None)[0] == [(0, "no_descent")]
+    assert _s10_preflight(None, S10_SEARCHES["seed 1"], lr_max=None)[0] == []
+
+
+def test_a_recipe_s_lr_max_and_lr_unstable_are_checked_and_a_quick_check_still_caps_lr_max():
+    from utils.recipe import Recipe
+
+    for bad in (0, -1e-3, float("nan"), "0.01", True):
+        with pytest.raises(ValueError, match="Recipe.lr_max must be a positive number or None"):
+            Recipe("x", lr_max=bad)
+    with pytest.raises(ValueError, match="Recipe.lr_unstable"):
+        Recipe("x", lr_unstable=float("inf"))
+    r = Recipe("x", lr_max=2e-2, lr_scale=10)
+    assert r.max_lr(1e-3, 3e-2, steps=1000) == (2e-2, None)  # the measured value, not 10 x the suggestion
+    lr, why = r.max_lr(1e-3, 3e-2, steps=50)  # a quick check: at most a third of the loss minimum
+    assert lr == pytest.approx(1e-2) and "at most 1/3 of the loss minimum" in why and "lr_scale" not in why

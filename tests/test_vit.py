@@ -89,3 +89,29 @@ def test_mult_adds_count_the_attention_whether_fused_or_written_out():
     without_attention = mult_adds(ViT(fused=True, depth=0))
     per_block_attention = 4 * 65 * 65 * (16 + 16)  # heads x N x N x (d for q k^T + d for weights x v)
     assert fused == explicit and fused > without_attention + 6 * per_block_attention
+
+
+@pytest.mark.slow
+def test_s10_through_run_flags_adam_at_0_05_at_step_0_and_its_default_recipe_gets_no_finding(folder_dir, tmp_path):
+    """On synthetic data, the command's path: S10 with Adam at 0.05 (its students' LR) is flagged before its first
+    step; S10 as it is (lr "auto", enough steps for the recipe's max LR) gets no finding and learns."""
+    import dataclasses
+    import json
+
+    from assignments.recipes import recipe
+    from assignments.run import Run
+
+    adam = dataclasses.replace(recipe("S10"), optimizer="adam", weight_decay=0.0)
+    hot = Run(recipe=adam, data_dir=str(folder_dir), device="cpu", lr="0.05", epochs=1, out=str(tmp_path / "hot"),
+              tensorboard=False)
+    hot.find_lr()
+    hot.train()
+    assert [(f["step"], f["kind"]) for f in hot.result.health] == [(0, "schedule")]
+    # 200 images at batch 16: 13 steps an epoch, 104 in 8 epochs, as many as the range test's 100 and more
+    plain = Run(assignment="S10", data_dir=str(folder_dir), device="cpu", epochs=8, batch_size=16,
+                out=str(tmp_path / "plain"), tensorboard=False)
+    plain.find_lr()
+    plain.train()
+    assert plain.result.max_lr == 2.15e-2 and plain.result.health == []
+    metrics = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert metrics["health"] == [] and plain.result.history[-1]["test_acc"] > 50

@@ -155,6 +155,16 @@ def schedule_check(max_lr: float, suggested_lr: float | None, min_loss_lr: float
     return None
 
 
+def unstable_lr_check(max_lr: float, lr_unstable: float | None) -> tuple[str, str] | None:
+    """Before training, with or without a range test (a given max LR too): is ``max_lr`` above ``lr_unstable``, the
+    LR past which the recipe's range-test loss rose when it was measured (:attr:`utils.recipe.Recipe.lr_unstable`)?
+    Returns (kind, what) of a "schedule" finding, or None."""
+    if lr_unstable is None or max_lr <= lr_unstable:
+        return None
+    return "schedule", (f"max LR {max_lr:.3g} is above {lr_unstable:.3g}, where this recipe's range-test loss was "
+                        f"measured to rise (Recipe.lr_unstable)")
+
+
 BATCH_DEPENDENCE = 1e-3  # relative difference of an image's outputs alone vs in a batch above which it is a finding
 
 

@@ -39,6 +39,8 @@ class Recipe:
     peak_epoch: int = 5  # one-cycle reaches max LR at the end of this epoch ("peak at epoch 5")
     div_factor: float = 25.0  # one-cycle starts at max_lr / div_factor (torch's default)
     lr_scale: float = 1.0  # max LR = range-test suggestion x lr_scale (with lr "auto")
+    lr_max: float | None = None  # a measured max LR taken with lr "auto" instead of suggestion x lr_scale (the test still runs)
+    lr_unstable: float | None = None  # the LR past which this recipe's range-test loss rose (measured); a max LR above it is a finding
     lr_iters: int = 100  # LR range test steps (upstream: >= 100 for a stable suggestion)
     lr_end: float = 10.0  # LR range test upper bound
     augment: AugmentSpec = field(default_factory=AugmentSpec)  # crop/flip/cutout of training images
@@ -54,6 +56,11 @@ class Recipe:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"Recipe.{name} must be a positive integer; got {value!r}")
+        for name in ("lr_max", "lr_unstable"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"Recipe.{name} must be a positive number or None; got {value!r}")
         if not isinstance(self.augment, AugmentSpec):
             raise ValueError(f"Recipe.augment must be a utils.augment.AugmentSpec; got {type(self.augment).__name__}")
 
@@ -86,20 +93,21 @@ class Recipe:
         return self.lr_scale if self.max_lr(suggested_lr, min_loss_lr, steps)[1] is None else 1.0
 
     def max_lr(self, suggested_lr: float, min_loss_lr: float, steps: int) -> tuple[float, str | None]:
-        """The one-cycle max LR from the range test: ``suggested_lr x lr_scale``. A run of fewer ``steps`` than the
-        range test takes (a quick check) gets no scale above 1 (chosen on full runs) and no more than
-        1 / ``QUICK_LR_MARGIN`` of the loss minimum (where the sweep turns unstable; 1 / ``QUICK_LR_MARGIN_NO_DESCENT``
-        where the suggestion is that minimum). Returns (max LR, what a quick check changed)."""
-        full = suggested_lr * self.lr_scale
+        """The one-cycle max LR with lr "auto": the recipe's measured ``lr_max`` where it has one, else
+        ``suggested_lr x lr_scale``. A run of fewer ``steps`` than the range test takes (a quick check) gets no
+        scale above 1 (chosen on full runs) and no more than 1 / ``QUICK_LR_MARGIN`` of the loss minimum (where the
+        sweep turns unstable; 1 / ``QUICK_LR_MARGIN_NO_DESCENT`` where the suggestion is that minimum). Returns
+        (max LR, what a quick check changed)."""
+        full = self.lr_max or suggested_lr * self.lr_scale
         if steps >= self.lr_iters:
             return full, None
-        unscaled = suggested_lr * min(self.lr_scale, 1.0)
+        unscaled = self.lr_max or suggested_lr * min(self.lr_scale, 1.0)
         margin = QUICK_LR_MARGIN_NO_DESCENT if math.isclose(suggested_lr, min_loss_lr, rel_tol=1e-6) else QUICK_LR_MARGIN
         lr = min(unscaled, min_loss_lr / margin)
         if lr >= full:
             return full, None
         takes = [f"the suggestion without the recipe's lr_scale {self.lr_scale:.3g} (chosen on full runs)"] \
-            if self.lr_scale > 1 else []
+            if self.lr_scale > 1 and not self.lr_max else []
         if lr < unscaled:
             takes.append(f"at most 1/{margin:g} of the loss minimum {min_loss_lr:.3e}"
                          + (" (the steepest descent is the minimum itself)" if margin != QUICK_LR_MARGIN else ""))
