@@ -3,7 +3,8 @@
 # under each other supported Python this machine has (pyenv's 3.12 and 3.13: Colab's pinned runtime and its
 # default), each in a fresh venv with the README's install (gradio, timm and tensorboard in it, as in Colab). An
 # interpreter that is missing, or an install the package registry does not answer, is one line and skipped;
-# a failing test fails.
+# a failing test fails. With COLAB_QUICK_CHECK_DATA set to a CIFAR-10 folder, each Run all is a student's quick
+# check on it (SUBSET=2000, EPOCHS=2: tests/test_colab.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 status=0

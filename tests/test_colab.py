@@ -164,6 +164,11 @@ def test_in_colab_a_clone_that_fails_is_one_line_naming_repo_url(colab_env, tmp_
 
 
 # --- Run all in a Colab-like kernel ----------------------------------------------------------------------------
+# A CIFAR-10 folder (docs/command.md: Data) in this variable makes each Run all a student's quick check on it:
+# SUBSET=2000, EPOCHS=2 and the recipe's batch, as Colab's students type them (.ci/other_pythons.sh passes it on)
+QUICK_CHECK_DATA = os.environ.get("COLAB_QUICK_CHECK_DATA")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_in_colab_run_all_clones_the_fork_trains_and_downloads_the_zipped_run(name, fork, colab_stub, folder_dir,
@@ -189,6 +194,9 @@ def test_in_colab_run_all_clones_the_fork_trains_and_downloads_the_zipped_run(na
     nbformat.write(nb, path)
     written = path.read_bytes()
     params = {"EPOCHS": 1, "SUBSET": 64, "BATCH_SIZE": 16, "DATA_DIR": str(folder_dir), "OUT": str(tmp_path / "run")}
+    if QUICK_CHECK_DATA:
+        params.update(EPOCHS=2, SUBSET=2000, DATA_DIR=QUICK_CHECK_DATA)
+        del params["BATCH_SIZE"]
     try:
         out = execute_notebook(path, params, output=tmp_path / "out.ipynb", timeout=900, cwd=content)
     finally:
@@ -211,6 +219,15 @@ def test_in_colab_run_all_clones_the_fork_trains_and_downloads_the_zipped_run(na
     with zipfile.ZipFile(downloaded[0]) as z:
         assert {"run/report.md", "run/log.txt", "run/metrics.json", "run/curves.png"} <= set(z.namelist())
         assert "run/checkpoint.pt" not in z.namelist()  # the weights stay in the runtime unless asked for
+        metrics, log = json.loads(z.read("run/metrics.json")), z.read("run/log.txt").decode()
+    assert os.path.getsize(downloaded[0]) < 5e6
+    assert log.splitlines()[1].startswith("no GPU in this runtime: Runtime -> Change runtime type -> T4 GPU")
+    if QUICK_CHECK_DATA:  # a quick check that is mostly training, and learns
+        tested, trained = metrics["lr_search"]["steps"], metrics["history"][-1]["step"]
+        accuracy = metrics["history"][-1]["test_acc"]
+        print(f"{name}: range test {tested} steps, training {trained} steps, test accuracy {accuracy:.2f}%, "
+              f"zip {os.path.getsize(downloaded[0]) / 1e6:.2f} MB")
+        assert tested < trained and accuracy > 15
     out.cells[next(i for i, c in enumerate(out.cells) if "REPO_URL = " in c.source)].source = published
     assert_colab_clean(out, name)
 
@@ -392,6 +409,20 @@ def test_a_finding_is_logged_once_and_the_doctor_s_last_line_points_to_it(folder
     last = [line for line in log.splitlines() if line.startswith("Training doctor:")]
     assert last == [f"Training doctor: 1 finding(s), logged in full above: divergence at step {finding['step']} "
                     f"({run.result.checks['doctor']})"]
+
+
+def test_outside_colab_keep_names_the_run_relative_to_the_working_directory_it_lies_under(tmp_path, monkeypatch,
+                                                                                          capsys):
+    from utils.keep import keep_run
+
+    (tmp_path / "here" / "runs" / "S10-x").mkdir(parents=True)
+    (tmp_path / "here" / "runs" / "S10-x" / "log.txt").write_text("log")
+    monkeypatch.chdir(tmp_path / "here")
+    keep_run("runs/S10-x")
+    assert capsys.readouterr().out == "the run is in runs/S10-x/ and runs/S10-x.zip\n"
+    monkeypatch.chdir(tmp_path / "here" / "runs" / "S10-x")  # the run is not under it: the whole path
+    archive = keep_run(tmp_path / "here" / "runs" / "S10-x")
+    assert capsys.readouterr().out == f"the run is in {archive.with_suffix('')}/ and {archive}\n"
 
 
 def test_keep_zips_the_run_and_downloads_it_in_colab_or_copies_it_to_drive(tmp_path, monkeypatch):

@@ -33,6 +33,14 @@ def zip_run(out: str | Path, checkpoint: bool = True) -> Path:
     return archive
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory where it lies under it (as the run's ``out`` was given)."""
+    try:
+        return path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def keep_run(out: str | Path, to_drive: bool = False, drive_dir: str = DRIVE_DIR, what: str = "the run",
              checkpoint: bool | None = None) -> Path:
     """Zip the run (:func:`zip_run`); in Colab offer it as a download, or with ``to_drive`` copy it into
@@ -49,7 +57,7 @@ def keep_run(out: str | Path, to_drive: bool = False, drive_dir: str = DRIVE_DIR
         print(f"{CHECKPOINT} ({left_out.stat().st_size / 1e6:.1f} MB) left out of the zip: keep(checkpoint=True) adds it")
     if "google.colab" not in sys.modules:
         ignored = " (to_drive needs Colab's Google Drive: ignored here)" if to_drive else ""
-        print(f"{what} is in {archive.with_suffix('')}/ and {archive}{ignored}")
+        print(f"{what} is in {_shown(archive.with_suffix(''))}/ and {_shown(archive)}{ignored}")
         return archive
     if to_drive:
         from google.colab import drive
