@@ -118,14 +118,15 @@ class Run:
         return s
 
     def find_lr(self):
-        """The max LR: the LR range test's suggestion (``lr="auto"``), the given one, or a resumed run's
+        """The max LR: the recipe's take on the LR range test (``lr="auto"``), the given one, or a resumed run's
         (:func:`assignments.max_lr.choose_max_lr`); returns the range-test figure (or None)."""
         res = self.result
         res.max_lr, res.lr_search, lines = choose_max_lr(self.config, self.recipe, self.carried, self.data, self.model,
                                                          self.criterion, self.precision, self.world, self.epochs)
         for line in lines:
             self.log(line)
-        return self.record.figure("lr_range_test", plots.lr_figure(LRSearch(**res.lr_search))) if res.lr_search else None
+        return self.record.figure("lr_range_test", plots.lr_figure(LRSearch(**res.lr_search), res.max_lr)) \
+            if res.lr_search else None
 
     def train(self) -> list[dict]:
         """One-cycle training with the doctor watching; checkpoint every epoch; returns the history."""

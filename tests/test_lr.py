@@ -54,3 +54,14 @@ def test_a_short_range_test_that_diverges_before_its_end_still_suggests_from_its
     assert len(search.lrs) < RANGE_TEST_MIN and search.steps == RANGE_TEST_MIN  # it stopped early: diverged
     assert search.lrs[10] <= search.suggested_lr <= search.lrs[-2]  # from the curve, not its diverged last point
     assert len(plots.lr_figure(search).axes[0].lines[0].get_xdata()) == len(search.lrs) - 11
+
+
+def test_the_range_test_figure_marks_the_run_s_max_lr_where_it_is_not_the_suggestion():
+    from utils.lr import LRSearch
+
+    lrs = [1e-7 * 10 ** (i / 5) for i in range(40)]
+    search = LRSearch(suggested_lr=2.31e-3, min_loss_lr=3.77e-2, lrs=lrs, losses=[2.3 - 1e-3 * i for i in range(40)])
+    labels = lambda fig: [line.get_label() for line in fig.axes[0].lines]  # noqa: E731
+    assert labels(plots.lr_figure(search, 2.15e-2))[-1] == "this run's max LR 2.15e-02"  # S10's lr_max
+    assert not any("this run" in label for label in labels(plots.lr_figure(search, 2.31e-3)))  # the suggestion
+    assert not any("this run" in label for label in labels(plots.lr_figure(search)))
