@@ -1,4 +1,5 @@
 """LR range test: on the training loader, on a copy; the model to train is untouched."""
+import pytest
 import torch
 
 from assignments.recipes import recipe
@@ -56,12 +57,15 @@ def test_a_short_range_test_that_diverges_before_its_end_still_suggests_from_its
     assert len(plots.lr_figure(search).axes[0].lines[0].get_xdata()) == len(search.lrs) - 11
 
 
-def test_the_range_test_figure_marks_the_run_s_max_lr_where_it_is_not_the_suggestion():
+def test_the_range_test_figure_marks_the_run_s_max_lr_where_it_is_not_the_suggestion_and_shows_the_descent():
     from utils.lr import LRSearch
 
     lrs = [1e-7 * 10 ** (i / 5) for i in range(40)]
-    search = LRSearch(suggested_lr=2.31e-3, min_loss_lr=3.77e-2, lrs=lrs, losses=[2.3 - 1e-3 * i for i in range(40)])
+    losses = [2.3 - 1e-3 * i for i in range(28)] + [2.5, 3.0, 4.0, 6.0, 8.0] + [10.0] * 7  # descent, divergence
+    search = LRSearch(suggested_lr=2.31e-3, min_loss_lr=3.77e-2, lrs=lrs, losses=losses)
     labels = lambda fig: [line.get_label() for line in fig.axes[0].lines]  # noqa: E731
     assert labels(plots.lr_figure(search, 2.15e-2))[-1] == "this run's max LR 2.15e-02"  # S10's lr_max
     assert not any("this run" in label for label in labels(plots.lr_figure(search, 2.31e-3)))  # the suggestion
     assert not any("this run" in label for label in labels(plots.lr_figure(search)))
+    shown = plots.lr_figure(search).axes[0]  # the first 10 and last 5 points left out (lr.noisy_ends)
+    assert shown.get_ylim()[1] == pytest.approx(1.25 * losses[10])  # the descent fills the axis, not the 10.0s

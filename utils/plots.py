@@ -65,8 +65,9 @@ def augmented_samples(loader, mean, std, n: int = 16, classes=CLASSES) -> Figure
 
 
 def lr_figure(search, max_lr: float | None = None) -> Figure:
-    """Range-test loss against LR (log axis) with the suggested LR and the loss-minimum LR marked, and the run's
-    ``max_lr`` where it is not the suggestion (a recipe's scale or measured value, a quick check's cap)."""
+    """Range-test loss against LR (log axis, the loss up to 1.25x its start) with the suggested LR and the
+    loss-minimum LR marked, and the run's ``max_lr`` where it is not the suggestion (a recipe's scale or measured
+    value, a quick check's cap)."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     start, end = noisy_ends(len(search.lrs), search.steps or len(search.lrs))
@@ -74,9 +75,10 @@ def lr_figure(search, max_lr: float | None = None) -> Figure:
     lrs, losses = search.lrs[keep] or search.lrs, search.losses[keep] or search.losses
     ax.plot(lrs, losses)
     ax.set_xscale("log")
+    ax.set_ylim(top=min(max(losses), 1.25 * losses[0]))  # the descent, not the diverged end, fills the axis
     ax.axvline(search.suggested_lr, color="tab:red", ls="--", label=f"suggested (steepest) {search.suggested_lr:.2e}")
     ax.axvline(search.min_loss_lr, color="grey", ls=":", label=f"loss minimum {search.min_loss_lr:.2e}")
-    if max_lr and not math.isclose(max_lr, search.suggested_lr, rel_tol=1e-3):
+    if max_lr and not math.isclose(max_lr, search.suggested_lr, rel_tol=1e-2):
         ax.axvline(max_lr, color="tab:green", label=f"this run's max LR {max_lr:.2e}")
     ax.set(xlabel="learning rate", ylabel="smoothed training loss", title="LR range test")
     ax.legend(fontsize=8)
