@@ -57,7 +57,8 @@ def doctor_preflight(doctor: Doctor, result: RunResult, recipe: Recipe, steps: i
     scale the recipe chose on purpose is a note, not a finding; the recipe's measured ``lr_max`` is not compared),
     and against the LR the recipe measured unstable (a given max LR too)."""
     doctor.add(0, batch_dependence_check(result.checks["batch_independence"]))
-    taken_as_measured = recipe.lr_max and math.isclose(result.max_lr, recipe.lr_max, rel_tol=1e-6)  # logged so
+    # the recipe's measured max LR, taken as it is: the log says so, and the range test is not its reference
+    taken_as_measured = recipe.lr_max and math.isclose(result.max_lr, recipe.lr_max, rel_tol=1e-6)
     if (s := result.lr_search) and not taken_as_measured:
         scale = recipe.lr_scale_taken(s["suggested_lr"], s["min_loss_lr"], steps)
         doctor.add(0, schedule_check(result.max_lr, s["suggested_lr"], s["min_loss_lr"], scale))

@@ -39,8 +39,8 @@ class Recipe:
     peak_epoch: int = 5  # one-cycle reaches max LR at the end of this epoch ("peak at epoch 5")
     div_factor: float = 25.0  # one-cycle starts at max_lr / div_factor (torch's default)
     lr_scale: float = 1.0  # max LR = range-test suggestion x lr_scale (with lr "auto")
-    lr_max: float | None = None  # a measured max LR taken with lr "auto" instead of suggestion x lr_scale (the test still runs)
-    lr_unstable: float | None = None  # the LR past which this recipe's range-test loss rose (measured); a max LR above it is a finding
+    lr_max: float | None = None  # measured max LR taken with lr "auto" instead of suggestion x lr_scale (test still runs)
+    lr_unstable: float | None = None  # LR past which the range-test loss was measured to rise; a max LR above: a finding
     lr_iters: int = 100  # LR range test steps (upstream: >= 100 for a stable suggestion)
     lr_end: float = 10.0  # LR range test upper bound
     augment: AugmentSpec = field(default_factory=AugmentSpec)  # crop/flip/cutout of training images
