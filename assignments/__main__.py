@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     try:
         config = parse_args(argv)
     except ValueError as e:  # a value argparse accepted but the config refuses (e.g. --variant for S8)
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return 1
     from utils.data import DataError
     from utils.train import Interrupted
@@ -46,17 +46,23 @@ def main(argv=None) -> int:
         run = Run(config)
         return run.run_all()
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return 1
     except OSError as e:  # a full disk, a folder that became read-only: name the file
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        say(f"error: {where}{e.strerror or e}")
         return 1
     except KeyboardInterrupt as e:
-        print(interrupted_line(run, e if isinstance(e, Interrupted) else None, config), file=sys.stderr)
+        say(interrupted_line(run, e if isinstance(e, Interrupted) else None, config))
         return 130
     finally:
         distributed.close()  # under torchrun: leave the process group
+
+
+def say(line: str) -> None:
+    """``line`` on stderr in one write, so the lines of torchrun's processes, sharing one stderr, never mix."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def interrupted_line(run, where, config) -> str:

@@ -141,4 +141,5 @@ def test_a_bad_data_dir_is_the_same_one_line_on_every_rank(tmp_path):
                  "--out", tmp_path / "o")
     line = f"error: --data-dir {tmp_path / 'missing'}: no such directory"
     assert p.returncode != 0 and sum(l.startswith(line) for l in p.stderr.splitlines()) == 2, p.stderr[-3000:]
-    assert "Connection closed" not in p.stderr and not (tmp_path / "o").exists()
+    assert "Connection closed" not in p.stderr and "terminate called" not in p.stderr  # a clean exit on each rank
+    assert not (tmp_path / "o").exists()

@@ -375,6 +375,25 @@ def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_last_checkpoint
     assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["history"]] == [1]
 
 
+def test_the_error_line_is_one_write_so_two_ranks_sharing_stderr_cannot_mix_their_lines(tmp_path, monkeypatch):
+    from assignments.__main__ import main
+
+    writes = []
+
+    class Stderr:  # what the process's stderr receives, call by call (torchrun's ranks share one)
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    missing = tmp_path / "missing"
+    assert main(["S9", "--data-dir", str(missing), "--out", str(tmp_path / "o"), "--no-download"]) == 1
+    assert len(writes) == 1 and writes[0].startswith(f"error: --data-dir {missing}: no such directory")
+    assert writes[0].endswith("\n") and writes[0].count("\n") == 1
+
+
 @pytest.mark.slow
 def test_a_run_the_doctor_stops_writes_its_report_and_names_only_a_checkpoint_that_exists(data_dir, tmp_path):
     from utils.checkpoint import load_run_checkpoint

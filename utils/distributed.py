@@ -16,12 +16,16 @@ How a run shares the work (``assignments.run.Run`` applies it):
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+
+CLOSE_WAIT_S = 10
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,15 @@ def current() -> World:
 
 
 def close() -> None:
-    """Leave the process group (if any)."""
-    if _active():
-        dist.destroy_process_group()
+    """Leave the process group (if any), after every rank has come to leave it: a gloo rank that tears down
+    while another still holds its connections aborts at exit ("terminate called without an active exception",
+    measured under load). A rank left alone (the others stuck elsewhere) waits at most ``CLOSE_WAIT_S``."""
+    if not _active():
+        return
+    if dist.get_backend() == "gloo":
+        with contextlib.suppress(RuntimeError):
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=CLOSE_WAIT_S))
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
